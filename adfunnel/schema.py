@@ -48,11 +48,10 @@ def parse_timestamp(value: Any) -> datetime:
         raise ValueError("must be an ISO-8601 string")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        # Converting year 1 or 9999 with an offset to UTC overflows: still a bad timestamp.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValueError(f"{value[:40]!r} is not an ISO-8601 timestamp") from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def parse_amount(value: Any) -> Decimal | None:
@@ -68,9 +67,11 @@ Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
 Amount = Annotated[Decimal | None, BeforeValidator(parse_amount)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Count = Annotated[int, Field(ge=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-Percentage = Annotated[float, Field(ge=0, le=100)]
+# Upper bounds are the storage columns' (integer, bigint): larger values could never be stored.
+Age = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Percentage = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
@@ -87,7 +88,7 @@ class FacebookLocation(_Model):
 class FacebookUser(_Model):
     userId: Text
     name: Text
-    age: Count
+    age: Age
     gender: Literal["male", "female", "non-binary"]
     location: FacebookLocation
 
@@ -278,19 +279,24 @@ def event_row(payload: dict[str, Any]) -> EventRow:
     """Extract the typed columns of an event that `validate_event` accepted."""
     data = payload["data"]
     user, engagement = data["user"], data["engagement"]
-    source = payload["source"]
-    action_time = engagement.get("actionTime")
+    source, stage = payload["source"], payload["funnelStage"]
+    # Only the fields the stage defines: an extra field of the same name elsewhere is
+    # kept in the payload but never read into a typed column.
+    top, bottom = stage == "top", stage == "bottom"
+    action_time = engagement["actionTime"] if (source == "facebook") == top else None
+    amount = engagement["purchaseAmount"] if bottom else None
     if source == "facebook":
         location = user["location"]
         age: int | None = user["age"]
         gender, country, city = user["gender"], location["country"], location["city"]
         followers = None
-        device = engagement.get("device")
+        device = engagement["device"] if bottom else None
+        campaign_id, ad_id = (engagement["campaignId"], engagement["adId"]) if bottom else (None, None)
     else:
         age = gender = city = None
         followers = user["followers"]
-        country = engagement.get("country")
-        device = engagement.get("device")
+        country, device = (engagement["country"], engagement["device"]) if top else (None, None)
+        campaign_id = ad_id = None
     return EventRow(
         event_id=payload["eventId"],
         event_time=parse_timestamp(payload["timestamp"]),
@@ -298,9 +304,9 @@ def event_row(payload: dict[str, Any]) -> EventRow:
         funnel_stage=payload["funnelStage"],
         event_type=payload["eventType"],
         user_id=user["userId"],
-        purchase_amount=parse_amount(engagement.get("purchaseAmount")),
-        campaign_id=engagement.get("campaignId"),
-        ad_id=engagement.get("adId"),
+        purchase_amount=parse_amount(amount),
+        campaign_id=campaign_id,
+        ad_id=ad_id,
         age=age,
         gender=gender,
         country=country,

@@ -1,0 +1,71 @@
+"""The `adfunnel` command: operator tools beside `serve run config.yaml`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from importlib.metadata import version
+
+import asyncpg
+
+from adfunnel import embedded, storage
+from adfunnel.settings import Settings
+
+
+async def _migrate(database_url: str) -> list[int]:
+    await storage.wait_for_database(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await storage.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations to DATABASE_URL."""
+    settings = Settings()
+    if not settings.database_url:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    applied = asyncio.run(_migrate(settings.database_url))
+    print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    """Run the embedded NATS and PostgreSQL in the foreground until Ctrl-C."""
+    settings = Settings()
+    data_dir = settings.data_dir.resolve()
+    nats = embedded.start_nats(data_dir)
+    postgres = embedded.start_postgres(data_dir)
+    print(f"NATS_URL={nats.url}\nDATABASE_URL={postgres.url}", flush=True)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop and nats.alive() and postgres.alive():
+        signal.pause() if hasattr(signal, "pause") else None
+    postgres.stop()
+    nats.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `adfunnel` console script."""
+    parser = argparse.ArgumentParser(prog="adfunnel", description=__doc__)
+    parser.add_argument("--version", action="version", version=version("adfunnel"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help=cmd_migrate.__doc__).set_defaults(run=cmd_migrate)
+    commands.add_parser("servers", help=cmd_servers.__doc__).set_defaults(run=cmd_servers)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

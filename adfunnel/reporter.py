@@ -1,0 +1,150 @@
+"""The reporter Serve deployment, mounted at `/reports` (SPEC §4 reporter)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import orjson
+import structlog
+from fastapi import FastAPI, Query, Response
+from ray import serve
+
+from adfunnel import http, logs, reports, storage
+from adfunnel.errors import NotFound, NotReady
+from adfunnel.settings import Settings
+
+log = structlog.get_logger("adfunnel.reporter")
+
+api = FastAPI(
+    title="adfunnel reporter",
+    summary="Event counts, revenue and demographics over the stored events.",
+    version="0.1.0",
+)
+http.install(api)
+
+SourceParam = Annotated[
+    Literal["facebook", "tiktok"] | None, Query(description="Only this platform's events")
+]
+StageParam = Annotated[Literal["top", "bottom"] | None, Query(alias="funnelStage")]
+TypeParam = Annotated[
+    str | None,
+    Query(alias="eventType", description="An event type of the given source (or of either)"),
+]
+FromParam = Annotated[
+    str | None, Query(alias="from", description="ISO-8601, inclusive; no offset means UTC")
+]
+ToParam = Annotated[
+    str | None, Query(alias="to", description="ISO-8601, exclusive; no offset means UTC")
+]
+IntervalParam = Annotated[
+    Literal["minute", "hour", "day"] | None, Query(description="Adds a UTC `series`")
+]
+
+
+@serve.deployment(
+    name="Reporter",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=32,
+    graceful_shutdown_timeout_s=30,
+    health_check_period_s=5,
+)
+@serve.ingress(api)
+class Reporter:
+    """Answers reports from PostgreSQL."""
+
+    def __init__(self, settings: Settings, ingest_app: str = "ingest") -> None:
+        logs.configure(settings.log_level)
+        self.settings = settings
+        self.ingest_app = ingest_app
+        self._pool: asyncpg.Pool | None = None
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        while True:
+            try:
+                supervisor = serve.get_deployment_handle("Supervisor", app_name=self.ingest_app)
+                endpoints = await supervisor.endpoints.remote()
+                self._pool = await storage.create_pool(endpoints.database_url, size=4)
+                log.info("reporter connected")
+                return
+            except Exception as error:  # noqa: BLE001  # the ingest app may still be starting
+                log.warning("reporter not connected yet", error=repr(error)[:200])
+                await asyncio.sleep(1.0)
+
+    def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise NotReady("the reporter is still connecting to PostgreSQL")
+        return self._pool
+
+    @api.get("/events/{event_id:path}", responses={404: {"model": http.ErrorBody}})
+    async def event(self, event_id: str) -> Response:
+        """One stored event with its trace: correlation id, received and stored times."""
+        async with self._db().acquire() as conn:
+            row = await storage.fetch_event(conn, event_id)
+        if row is None:
+            raise NotFound(f"no stored event with eventId {event_id!r}")
+        body = (
+            b'{"event":' + row["payload"].encode()
+            + b',"correlationId":' + orjson.dumps(row["correlation_id"])
+            + b',"receivedAt":' + orjson.dumps(reports.iso_utc(row["received_at"]))
+            + b',"storedAt":' + orjson.dumps(reports.iso_utc(row["stored_at"]))
+            + b"}"
+        )
+        return Response(body, media_type="application/json")
+
+    @api.get("/events", responses={400: {"model": http.ErrorBody}})
+    async def events(
+        self,
+        start: FromParam = None,
+        end: ToParam = None,
+        source: SourceParam = None,
+        funnel_stage: StageParam = None,
+        event_type: TypeParam = None,
+        interval: IntervalParam = None,
+    ) -> Response:
+        """Event counts: exact total, breakdown by source/stage/type, optional series."""
+        filters = reports.event_filters(start, end, source, funnel_stage, event_type)
+        interval = reports.interval_param(interval)  # type: ignore[assignment]
+        async with self._db().acquire() as conn:
+            breakdown = await storage.event_breakdown(conn, filters)
+            series = await storage.event_series(conn, filters, interval) if interval else None
+        answer: dict[str, Any] = {
+            "filters": reports.filters_echo(filters, interval),
+            "total": sum(r["count"] for r in breakdown),
+            "breakdown": [
+                {"source": r["source"], "funnelStage": r["funnel_stage"],
+                 "eventType": r["event_type"], "count": r["count"]}
+                for r in breakdown
+            ],
+        }
+        if series is not None:
+            answer["series"] = [
+                {"bucket": reports.iso_utc(r["bucket"].replace(tzinfo=UTC)), "count": r["count"]}
+                for r in series
+            ]
+        return http.json_response(answer)
+
+    @api.get("/health/live")
+    async def live(self) -> dict[str, str]:
+        """200 while the process serves."""
+        return {"status": "live"}
+
+    @api.get("/health/ready")
+    async def ready(self) -> Response:
+        """200 when PostgreSQL answers."""
+        ok = False
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                ok = await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 5) == 1
+        body = {"status": "ready" if ok else "not_ready", "components": {"postgres": {"ok": ok}}}
+        return http.json_response(body, 200 if ok else 503)
+
+    def check_health(self) -> None:
+        """The connect loop never gives up; a crash of it is the only unhealthy state."""
+        if self._connecting.done() and self._connecting.exception() is not None:
+            raise RuntimeError("reporter connect task failed")
