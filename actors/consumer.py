@@ -176,6 +176,8 @@ class Consumer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:
+            # The loops are done and their acks written: flush them out, then close.
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await self._nc.flush(timeout=5)
+            await self._nc.close()
         log.info("consumer drained", lane=self.lane, index=self.index, **self._counts)

@@ -28,6 +28,7 @@ from adfunnel.settings import Settings
 log = structlog.get_logger("adfunnel.supervisor")
 
 EMBEDDED_DATABASE = "adfunnel"
+ACTOR_NAMESPACE = "adfunnel"
 WRITER_CPUS = 0.2
 CONSUMER_CPUS = 0.1
 
@@ -40,9 +41,9 @@ class Endpoints:
     database_url: str
 
 
-def actor_name(settings: Settings, role: str, index: int) -> str:
+def actor_name(stream: str, role: str, index: int) -> str:
     """Names are per stream, so several deployments can share one Ray cluster."""
-    return f"adfunnel-{settings.nats_stream}-{role}-{index}"
+    return f"adfunnel-{stream}-{role}-{index}"
 
 
 @serve.deployment(
@@ -90,7 +91,8 @@ class Supervisor:
         self.writers = [
             ray.remote(Writer)
             .options(
-                name=actor_name(settings, "writer", i),
+                name=actor_name(settings.nats_stream, "writer", i),
+                namespace=ACTOR_NAMESPACE,
                 num_cpus=WRITER_CPUS,
                 max_restarts=-1,
                 max_concurrency=8,
@@ -105,7 +107,8 @@ class Supervisor:
                 self.consumers.append(
                     ray.remote(Consumer)
                     .options(
-                        name=actor_name(settings, f"consumer-{lane}", i),
+                        name=actor_name(settings.nats_stream, f"consumer-{lane}", i),
+                        namespace=ACTOR_NAMESPACE,
                         num_cpus=CONSUMER_CPUS,
                         max_restarts=-1,
                         max_concurrency=64,
@@ -150,7 +153,7 @@ class Supervisor:
 
     def writer_names(self) -> list[str]:
         """Names of the writer actors (for operators and fault tests)."""
-        return [actor_name(self.settings, "writer", i) for i in range(len(self.writers))]
+        return [actor_name(self.settings.nats_stream, "writer", i) for i in range(len(self.writers))]
 
     def check_health(self) -> None:
         """Unhealthy only when an embedded server died: Serve then restarts us, and them."""

@@ -32,11 +32,13 @@ _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58", "XX")
 
 
 def is_transient(error: BaseException) -> bool:
-    """True when retrying the same write later may succeed."""
+    """True when retrying the same write later may succeed; anything else is bad data."""
     if isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", None) or ""
         return state[:2] in _TRANSIENT_CLASSES
-    return True
+    return isinstance(
+        error, OSError | TimeoutError | asyncpg.InterfaceError | StorageUnavailable
+    )
 
 
 @dataclass(slots=True)

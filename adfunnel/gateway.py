@@ -5,7 +5,6 @@ the request's valid events (and its rejections, which must reach the rejected st
 If the bus cannot take them the answer is `503` with `Retry-After`, and nothing is claimed.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib

@@ -1,6 +1,5 @@
 """The reporter Serve deployment, mounted at `/reports` (SPEC §4 reporter)."""
 
-from __future__ import annotations
 
 import asyncio
 import contextlib

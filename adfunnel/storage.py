@@ -90,9 +90,20 @@ class RejectedRow:
     received_at: datetime
 
 
+def _jsonb_encode(text: str) -> bytes:
+    return b"\x01" + text.encode()  # jsonb's binary format: version 1, then the JSON text
+
+
+def _jsonb_decode(data: bytes) -> str:
+    return data[1:].decode()
+
+
 async def _json_text(conn: asyncpg.Connection) -> None:
-    # Payloads are already JSON text: keep them as text both ways, no re-encoding.
-    await conn.set_type_codec("jsonb", encoder=str, decoder=str, schema="pg_catalog")
+    # Payloads are already JSON text: pass them through untouched, in the binary format
+    # because COPY (the fast path) speaks only binary.
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
 
 
 async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
