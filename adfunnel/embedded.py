@@ -90,11 +90,11 @@ def nats_server_binary() -> str:
     return found
 
 
-def start_nats(data_dir: Path, *, timeout: float = 20.0) -> EmbeddedServer:
-    """Start nats-server with JetStream storing under `data_dir/nats`."""
+def start_nats(data_dir: Path, *, port: int | None = None, timeout: float = 20.0) -> EmbeddedServer:
+    """Start nats-server with JetStream storing under `data_dir/nats` (on `port`, or a free one)."""
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = data_dir / "nats.log"
     command = [nats_server_binary(), "-a", _HOST, "-p", str(port), "-js", "-sd", str(store)]
     process = _guarded(command, log)

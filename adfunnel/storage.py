@@ -2,8 +2,8 @@
 
 Every SQL statement of the project lives in this module. Writes go through a per-connection
 temporary staging table: COPY is the fastest way in, and `INSERT … SELECT DISTINCT ON …
-ON CONFLICT DO NOTHING` then keeps the first copy of every eventId, inside the batch
-(lowest staging sequence) and against what is already stored.
+ON CONFLICT` then keeps one row per eventId: the earliest received copy, inside the batch
+and against what is already stored.
 """
 
 from __future__ import annotations
@@ -36,12 +36,18 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
 ) ON COMMIT DELETE ROWS
 """
 _COLUMN_LIST = ", ".join((*EVENT_COLUMNS, *_STAGED_EXTRA[:-1]))
+_UPDATE_LIST = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*EVENT_COLUMNS[1:], *_STAGED_EXTRA[:-1]))
+# The earliest received copy of an eventId wins, whatever order parallel writers commit in:
+# a copy received later never replaces it, an earlier one that commits late does. Ordinary
+# re-sends arrive later and change nothing. `xmax = 0` tells inserted rows from replaced ones.
 _MERGE_STAGED = f"""
 INSERT INTO events ({_COLUMN_LIST})
 SELECT DISTINCT ON (event_id) {_COLUMN_LIST}
 FROM events_staging
-ORDER BY event_id, seq
-ON CONFLICT (event_id) DO NOTHING
+ORDER BY event_id, received_at, stream_seq, seq
+ON CONFLICT (event_id) DO UPDATE SET {_UPDATE_LIST}, stored_at = clock_timestamp()
+WHERE (events.received_at, events.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
+RETURNING (xmax = 0) AS inserted
 """
 _REJECTED_COLUMNS = (
     "dedup_key",
@@ -150,7 +156,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 
 async def insert_events(conn: asyncpg.Connection, events: Sequence[StagedEvent]) -> int:
-    """Store a batch in the caller's transaction; returns how many rows were new."""
+    """Store a batch in the caller's transaction; returns how many eventIds were new."""
     await conn.execute(_STAGING_DDL)
     records = [
         (*e.row, e.payload, e.correlation_id, e.received_at, e.stream_seq, seq)
@@ -159,8 +165,8 @@ async def insert_events(conn: asyncpg.Connection, events: Sequence[StagedEvent])
     await conn.copy_records_to_table(
         "events_staging", records=records, columns=(*EVENT_COLUMNS, *_STAGED_EXTRA)
     )
-    status = await conn.execute(_MERGE_STAGED)
-    return int(status.rsplit(" ", 1)[1])
+    changed = await conn.fetch(_MERGE_STAGED)
+    return sum(1 for row in changed if row["inserted"])
 
 
 async def insert_rejected(conn: asyncpg.Connection, rows: Sequence[RejectedRow]) -> int:

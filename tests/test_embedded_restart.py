@@ -1,0 +1,107 @@
+"""The embedded default (no NATS_URL/DATABASE_URL): an outside client's mixed traffic is
+stored exactly, every event is traceable to its POST, and a restart keeps all of it."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adfunnel.generator import Generator
+from adfunnel.testing import deploy, undeploy, unique_names, wait_until
+from tests.conftest import db_fetch
+
+pytestmark = pytest.mark.integration
+
+
+def mixed_posts(seed: int, total: int) -> tuple[list[Any], dict[str, str], int]:
+    """POST bodies (arrays and single objects) with duplicates, corruptions, late events.
+
+    Returns the posts as (body, correlation id, expected accepted, expected rejected), the
+    correlation id each unique valid event must be stored with (its first POST's), and the
+    number of unique valid events.
+    """
+    rng = random.Random(seed)
+    generator = Generator(seed=seed)
+    first_cid: dict[str, str] = {}
+    sent_valid: list[dict[str, Any]] = []
+    posts: list[Any] = []
+    produced = 0
+    while produced < total:
+        cid = f"client-{uuid.UUID(int=rng.getrandbits(128))}"
+        size = 1 if rng.random() < 0.2 else rng.randint(50, 2_000)
+        body: list[dict[str, Any]] = []
+        accepted = rejected = 0
+        for _ in range(size):
+            roll = rng.random()
+            if roll < 0.05 and sent_valid:
+                body.append(rng.choice(sent_valid))  # a re-sent event (retry / other sender)
+                accepted += 1
+            elif roll < 0.10:
+                body.append(generator.corrupt(generator.event()))
+                rejected += 1
+            else:
+                # A quarter of the new events are out of order: up to hours in the past.
+                late = timedelta(hours=rng.uniform(0.1, 12)) if roll < 0.25 else timedelta(0)
+                event = generator.event(at=datetime.now(UTC) - late)
+                body.append(event)
+                sent_valid.append(event)
+                first_cid[event["eventId"]] = cid
+                accepted += 1
+            produced += 1
+        posts.append((body[0] if len(body) == 1 else body, cid, accepted, rejected))
+    return posts, first_cid, len({e["eventId"] for e in sent_valid})
+
+
+def test_mixed_traffic_then_restart_on_the_same_data(ray_cluster: str, tmp_path: Path) -> None:
+    settings: dict[str, Any] = {
+        "nats_url": None,
+        "database_url": None,
+        "data_dir": str(tmp_path / "data"),
+        **unique_names(),
+    }
+    posts, first_cid, unique_valid = mixed_posts(seed=21, total=20_000)
+    system = deploy(ray_cluster, settings)
+    try:
+        with system.client() as client:
+            for body, cid, accepted, rejected in posts:
+                response = client.post("/webhook", json=body, headers={"x-correlation-id": cid})
+                assert response.status_code == 202, response.text
+                answer = response.json()
+                assert (answer["accepted"], answer["rejected"]) == (accepted, rejected)
+                assert len(answer["errors"]) == rejected
+                assert answer["correlationId"] == cid
+        wait_until(lambda: system.total() >= unique_valid, timeout=180, what="all stored")
+        assert system.total() == unique_valid
+        database_url = system.endpoints().database_url
+        rows = db_fetch(database_url, "SELECT event_id, correlation_id FROM events")
+        assert {r["event_id"]: r["correlation_id"] for r in rows} == first_cid
+        rejected_total = sum(post[3] for post in posts)
+        wait_until(
+            lambda: db_fetch(database_url, "SELECT count(*) AS n FROM rejected_events")[0]["n"]
+            >= rejected_total,
+            what="rejected stored",
+        )
+        sample = random.Random(5).sample(sorted(first_cid), 100)
+        with system.client() as client:
+            for event_id in sample:
+                trace = client.get(f"/reports/events/{event_id}").json()
+                assert trace["correlationId"] == first_cid[event_id]
+    finally:
+        undeploy()
+
+    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
+    system = deploy(ray_cluster, settings)
+    try:
+        assert system.total() == unique_valid
+        with system.client() as client:
+            for event_id in sample[:20]:
+                trace = client.get(f"/reports/events/{event_id}")
+                assert trace.status_code == 200
+                assert trace.json()["correlationId"] == first_cid[event_id]
+    finally:
+        undeploy()
