@@ -5,10 +5,10 @@ servers, the writer pool and the consumer actors; `reports` is the reporter (`/r
 Settings come from the environment (SPEC §2); `settings` in a builder's args overrides them.
 """
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from actors.supervisor import Supervisor
 from adfunnel.gateway import Gateway
@@ -38,14 +38,21 @@ def _settings(overrides: dict[str, Any]) -> Settings:
     return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
 
 
+def _deployment(decorated: object) -> Deployment:
+    # @serve.deployment turns a class into a Deployment, which type checkers cannot see.
+    return cast(Deployment, decorated)
+
+
 def ingest(args: IngestArgs) -> Application:
     """Gateway + supervisor."""
     settings = _settings(args.settings)
-    supervisor = Supervisor.bind(settings)
-    return Gateway.options(num_replicas=args.gateway_replicas).bind(settings, supervisor)
+    supervisor = _deployment(Supervisor).bind(settings)
+    gateway = _deployment(Gateway).options(num_replicas=args.gateway_replicas)
+    return gateway.bind(settings, supervisor)
 
 
 def reports(args: ReportsArgs) -> Application:
     """Reporter."""
     settings = _settings(args.settings)
-    return Reporter.options(num_replicas=args.replicas).bind(settings, args.ingest_app)
+    reporter = _deployment(Reporter).options(num_replicas=args.replicas)
+    return reporter.bind(settings, args.ingest_app)

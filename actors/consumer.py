@@ -99,8 +99,9 @@ class Consumer:
                     await asyncio.sleep(1.0)
                     continue
             try:
-                msgs = await sub.fetch(self.settings.fetch_batch_messages,
-                                       timeout=_IDLE_FETCH_TIMEOUT_S)
+                msgs = await sub.fetch(
+                    self.settings.fetch_batch_messages, timeout=_IDLE_FETCH_TIMEOUT_S
+                )
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except Exception as error:  # noqa: BLE001  # NATS away: the client reconnects

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -64,7 +63,7 @@ class Supervisor:
         self.settings = settings
         self._servers: list[embedded.EmbeddedServer] = []
         self._stopped = False
-        data_dir = Path(settings.data_dir).resolve()
+        data_dir = settings.data_dir  # resolved by the application builder
         nats_url, database_url = settings.nats_url, settings.database_url
         if nats_url is None:
             server = await asyncio.to_thread(embedded.start_nats, data_dir)
@@ -88,7 +87,8 @@ class Supervisor:
             await bus.ensure_topology(nc.jetstream(), settings)
         finally:
             await nc.close()
-        self.writers = [
+        # Ray actor handles are untyped: Any is the honest type here.
+        self.writers: list[Any] = [
             ray.remote(Writer)
             .options(
                 name=actor_name(settings.nats_stream, "writer", i),
@@ -100,7 +100,7 @@ class Supervisor:
             .remote(settings, database_url, i)
             for i in range(settings.writer_pool_size)
         ]
-        self.consumers = []
+        self.consumers: list[Any] = []
         for lane in bus.LANES:
             count = 1 if lane == "rejected" else settings.consumers_per_source
             for i in range(count):
@@ -131,9 +131,9 @@ class Supervisor:
     async def status(self) -> dict[str, Any]:
         """Per-component state for the readiness endpoints."""
 
-        async def probe(ref: Any, timeout: float = 5.0) -> Any:
+        async def probe(ref: Any) -> Any:
             try:
-                return await asyncio.wait_for(ref, timeout)
+                return await asyncio.wait_for(ref, 5.0)
             except Exception as error:  # noqa: BLE001  # a dead or slow actor is a state
                 return {"error": repr(error)[:200]}
 
@@ -153,7 +153,9 @@ class Supervisor:
 
     def writer_names(self) -> list[str]:
         """Names of the writer actors (for operators and fault tests)."""
-        return [actor_name(self.settings.nats_stream, "writer", i) for i in range(len(self.writers))]
+        return [
+            actor_name(self.settings.nats_stream, "writer", i) for i in range(len(self.writers))
+        ]
 
     def check_health(self) -> None:
         """Unhealthy only when an embedded server died: Serve then restarts us, and them."""

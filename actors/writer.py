@@ -36,9 +36,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", None) or ""
         return state[:2] in _TRANSIENT_CLASSES
-    return isinstance(
-        error, OSError | TimeoutError | asyncpg.InterfaceError | StorageUnavailable
-    )
+    return isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError | StorageUnavailable)
 
 
 @dataclass(slots=True)

@@ -153,8 +153,12 @@ def encode_batch(
         (
             uuid.uuid4().hex,
             dump_json(
-                {"index": index, "eventId": item.event_id, "reason": item.reason,
-                 "payload": item.payload}
+                {
+                    "index": index,
+                    "eventId": item.event_id,
+                    "reason": item.reason,
+                    "payload": item.payload,
+                }
             ),
         )
         for index, item in rejected
@@ -224,7 +228,8 @@ async def publish(
     if failures:
         raise BusUnavailable(f"JetStream did not acknowledge: {failures[0]!r}")
     outcome = PublishResult()
-    for chunk, ack in zip(chunks, results, strict=True):
+    acks: list[Any] = list(results)
+    for chunk, ack in zip(chunks, acks, strict=True):
         outcome.events += chunk.count
         outcome.sequences.append(ack.seq)
         if ack.duplicate and chunk.subject != lane_filter(settings, "rejected"):

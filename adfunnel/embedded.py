@@ -146,9 +146,19 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
             ensure_prefix_permissions(pgdata)
             shutil.chown(pgdata, user, user)
         subprocess.run(
-            [str(_pg_bin() / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
-            check=True, capture_output=True, user=user,
+            [
+                str(_pg_bin() / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            user=user,
         )
     port = free_port()
     log = data_dir / "postgres.log"
@@ -156,8 +166,19 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
         with contextlib.suppress(FileNotFoundError):
             shutil.chown(log, user, user)
     command = [
-        str(_pg_bin() / "postgres"), "-D", str(pgdata), "-h", _HOST, "-p", str(port),
-        "-k", "", "-c", "max_connections=200", "-c", "shared_buffers=256MB",
+        str(_pg_bin() / "postgres"),
+        "-D",
+        str(pgdata),
+        "-h",
+        _HOST,
+        "-p",
+        str(port),
+        "-k",
+        "",
+        "-c",
+        "max_connections=200",
+        "-c",
+        "shared_buffers=256MB",
     ]
     process = _guarded(command, log, user)
     server = EmbeddedServer(f"postgresql://postgres@{_HOST}:{port}/postgres", process)

@@ -5,7 +5,6 @@ the request's valid events (and its rejections, which must reach the rejected st
 If the bus cannot take them the answer is `503` with `Retry-After`, and nothing is claimed.
 """
 
-
 import asyncio
 import contextlib
 import time
@@ -66,9 +65,13 @@ _WEBHOOK_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "One event object or a JSON array of them (SPEC §3 shapes).",
-        "content": {"application/json": {"schema": {"oneOf": [
-            {"type": "object"}, {"type": "array", "items": {"type": "object"}}
-        ]}}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]
+                }
+            }
+        },
     },
     "responses": {
         "400": {"model": http.ErrorBody, "description": "Not JSON, or not an object/array"},
@@ -127,7 +130,7 @@ def readiness_components(status: dict[str, Any]) -> dict[str, Any]:
 class Gateway:
     """Validates webhook batches and publishes them to JetStream."""
 
-    def __init__(self, settings: Settings, supervisor: DeploymentHandle) -> None:
+    def __init__(self, settings: Settings, supervisor: DeploymentHandle[Any]) -> None:
         logs.configure(settings.log_level)
         self.settings = settings
         self.supervisor = supervisor
@@ -148,9 +151,7 @@ class Gateway:
         self._js = self._nc.jetstream()
         log.info("gateway connected", nats=endpoints.nats_url)
 
-    @api.post(
-        "/webhook", status_code=202, response_model=WebhookResult, openapi_extra=_WEBHOOK_DOC
-    )
+    @api.post("/webhook", status_code=202, response_model=WebhookResult, openapi_extra=_WEBHOOK_DOC)
     @api.post(
         "/webhook/events",
         status_code=202,
@@ -213,7 +214,9 @@ class Gateway:
 
     def _unavailable(self, message: str) -> Response:
         return http.error_response(
-            503, "bus_unavailable", f"events not accepted: {message}",
+            503,
+            "bus_unavailable",
+            f"events not accepted: {message}",
             headers={"Retry-After": RETRY_AFTER_S},
         )
 

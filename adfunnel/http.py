@@ -34,13 +34,18 @@ class ErrorBody(BaseModel):
     details: list[Any] = []
 
 
-def json_response(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A JSON response serialized with orjson (big batches answer with big error lists)."""
     return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
 
 
 def error_response(
-    status_code: int, code: str, message: str, details: list[Any] | None = None,
+    status_code: int,
+    code: str,
+    message: str,
+    details: list[Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The SPEC §4 error shape."""
@@ -63,8 +68,8 @@ class CorrelationIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(CORRELATION_HEADER.encode(), b"").decode(
-            "latin-1"
+        given = (
+            dict(scope.get("headers") or []).get(CORRELATION_HEADER.encode(), b"").decode("latin-1")
         )
         cid = given if _SANE_ID.fullmatch(given) else str(uuid.uuid4())
         scope.setdefault("state", {})["correlation_id"] = cid
@@ -72,7 +77,9 @@ class CorrelationIdMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [
-                    (k, v) for k, v in message.get("headers", []) if k != CORRELATION_HEADER.encode()
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k != CORRELATION_HEADER.encode()
                 ]
                 headers.append((CORRELATION_HEADER.encode(), cid.encode()))
                 message["headers"] = headers
@@ -97,8 +104,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         details = [
-            {"parameter": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
-             "message": e["msg"]}
+            {
+                "parameter": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+                "message": e["msg"],
+            }
             for e in exc.errors()
         ]
         names = ", ".join(d["parameter"] for d in details)

@@ -101,9 +101,7 @@ def triage(items: list[Any], *, may_have_nul: bool = True) -> Triage:
     for index, item in enumerate(items):
         result = validate_event(item)
         if isinstance(result, Accepted) and may_have_nul and _has_nul(item):
-            result = Rejected(
-                result.event_id, "event: contains a NUL character (\\u0000)", item
-            )
+            result = Rejected(result.event_id, "event: contains a NUL character (\\u0000)", item)
         if isinstance(result, Rejected):
             out.rejected.append((index, result))
         elif result.event_id in seen:

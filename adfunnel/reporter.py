@@ -1,6 +1,5 @@
 """The reporter Serve deployment, mounted at `/reports` (SPEC §4 reporter)."""
 
-
 import asyncio
 import contextlib
 from datetime import UTC
@@ -88,10 +87,14 @@ class Reporter:
         if row is None:
             raise NotFound(f"no stored event with eventId {event_id!r}")
         body = (
-            b'{"event":' + row["payload"].encode()
-            + b',"correlationId":' + orjson.dumps(row["correlation_id"])
-            + b',"receivedAt":' + orjson.dumps(reports.iso_utc(row["received_at"]))
-            + b',"storedAt":' + orjson.dumps(reports.iso_utc(row["stored_at"]))
+            b'{"event":'
+            + row["payload"].encode()
+            + b',"correlationId":'
+            + orjson.dumps(row["correlation_id"])
+            + b',"receivedAt":'
+            + orjson.dumps(reports.iso_utc(row["received_at"]))
+            + b',"storedAt":'
+            + orjson.dumps(reports.iso_utc(row["stored_at"]))
             + b"}"
         )
         return Response(body, media_type="application/json")
@@ -116,8 +119,12 @@ class Reporter:
             "filters": reports.filters_echo(filters, interval),
             "total": sum(r["count"] for r in breakdown),
             "breakdown": [
-                {"source": r["source"], "funnelStage": r["funnel_stage"],
-                 "eventType": r["event_type"], "count": r["count"]}
+                {
+                    "source": r["source"],
+                    "funnelStage": r["funnel_stage"],
+                    "eventType": r["event_type"],
+                    "count": r["count"],
+                }
                 for r in breakdown
             ],
         }

@@ -291,7 +291,9 @@ def event_row(payload: dict[str, Any]) -> EventRow:
         gender, country, city = user["gender"], location["country"], location["city"]
         followers = None
         device = engagement["device"] if bottom else None
-        campaign_id, ad_id = (engagement["campaignId"], engagement["adId"]) if bottom else (None, None)
+        campaign_id, ad_id = (
+            (engagement["campaignId"], engagement["adId"]) if bottom else (None, None)
+        )
     else:
         age = gender = city = None
         followers = user["followers"]

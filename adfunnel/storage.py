@@ -15,9 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A plain connection or one borrowed from a pool: every function here takes either.
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 from adfunnel.schema import EventRow
 
@@ -104,7 +110,7 @@ def _jsonb_decode(data: bytes) -> str:
     return data[1:].decode()
 
 
-async def _json_text(conn: asyncpg.Connection) -> None:
+async def _json_text(conn: Conn) -> None:
     # Payloads are already JSON text: pass them through untouched, in the binary format
     # because COPY (the fast path) speaks only binary.
     await conn.set_type_codec(
@@ -130,7 +136,7 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Conn) -> list[int]:
     """Apply pending migrations under an advisory lock; returns the versions applied now."""
     applied: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
@@ -155,7 +161,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied
 
 
-async def insert_events(conn: asyncpg.Connection, events: Sequence[StagedEvent]) -> int:
+async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     """Store a batch in the caller's transaction; returns how many eventIds were new."""
     await conn.execute(_STAGING_DDL)
     records = [
@@ -169,7 +175,7 @@ async def insert_events(conn: asyncpg.Connection, events: Sequence[StagedEvent])
     return sum(1 for row in changed if row["inserted"])
 
 
-async def insert_rejected(conn: asyncpg.Connection, rows: Sequence[RejectedRow]) -> int:
+async def insert_rejected(conn: Conn, rows: Sequence[RejectedRow]) -> int:
     """Store rejected events; a redelivered rejection is not stored twice."""
     if not rows:
         return 0
@@ -178,7 +184,7 @@ async def insert_rejected(conn: asyncpg.Connection, rows: Sequence[RejectedRow])
     return int(status.rsplit(" ", 1)[1])
 
 
-async def fetch_event(conn: asyncpg.Connection, event_id: str) -> asyncpg.Record | None:
+async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
     """The stored event with its trace columns, or None."""
     return await conn.fetchrow(
         "SELECT payload, correlation_id, received_at, stored_at FROM events WHERE event_id = $1",
@@ -214,7 +220,7 @@ def where_clause(filters: EventFilters) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
-async def event_breakdown(conn: asyncpg.Connection, filters: EventFilters) -> list[asyncpg.Record]:
+async def event_breakdown(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
     """Counts per (source, funnel stage, event type) under the filters."""
     where, params = where_clause(filters)
     return await conn.fetch(
@@ -224,9 +230,7 @@ async def event_breakdown(conn: asyncpg.Connection, filters: EventFilters) -> li
     )
 
 
-async def event_series(
-    conn: asyncpg.Connection, filters: EventFilters, interval: str
-) -> list[asyncpg.Record]:
+async def event_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
     """Counts per UTC time bucket (`minute`, `hour` or `day`), empty buckets omitted."""
     if interval not in ("minute", "hour", "day"):
         raise ValueError(f"unknown interval {interval!r}")
@@ -238,7 +242,7 @@ async def event_series(
     )
 
 
-async def stored_counts(conn: asyncpg.Connection) -> tuple[int, int]:
+async def stored_counts(conn: Conn) -> tuple[int, int]:
     """How many events and rejected events are stored."""
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM events) AS events,"
@@ -248,10 +252,10 @@ async def stored_counts(conn: asyncpg.Connection) -> tuple[int, int]:
     return int(row["events"]), int(row["rejected"])
 
 
-async def wait_for_database(dsn: str, *, timeout: float = 60.0) -> None:
+async def wait_for_database(dsn: str, *, max_wait_s: float = 60.0) -> None:
     """Wait until PostgreSQL accepts connections (a fresh server spends a moment starting)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + max_wait_s
     while True:
         try:
             conn = await asyncpg.connect(dsn, timeout=5)

@@ -64,11 +64,17 @@ class Deployed:
 
     def endpoints(self) -> Any:
         """The URLs the supervisor resolved (embedded servers included)."""
-        return serve.get_deployment_handle("Supervisor", app_name="ingest").endpoints.remote().result()
+        return (
+            serve.get_deployment_handle("Supervisor", app_name="ingest").endpoints.remote().result()
+        )
 
 
 def deploy(
-    base_url: str, settings: dict[str, Any], *, gateway_replicas: int = 1, ready_timeout: float = 180
+    base_url: str,
+    settings: dict[str, Any],
+    *,
+    gateway_replicas: int = 1,
+    ready_timeout: float = 180,
 ) -> Deployed:
     """Deploy the `ingest` and `reports` applications and wait for /health/ready."""
     ingest = serve_app.ingest(

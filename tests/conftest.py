@@ -86,7 +86,7 @@ def ray_cluster() -> Iterator[str]:
     port = embedded.free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]  # ray ships it unannotated
     ray.shutdown()
 
 

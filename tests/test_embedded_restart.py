@@ -82,8 +82,10 @@ def test_mixed_traffic_then_restart_on_the_same_data(ray_cluster: str, tmp_path:
         assert {r["event_id"]: r["correlation_id"] for r in rows} == first_cid
         rejected_total = sum(post[3] for post in posts)
         wait_until(
-            lambda: db_fetch(database_url, "SELECT count(*) AS n FROM rejected_events")[0]["n"]
-            >= rejected_total,
+            lambda: (
+                db_fetch(database_url, "SELECT count(*) AS n FROM rejected_events")[0]["n"]
+                >= rejected_total
+            ),
             what="rejected stored",
         )
         sample = random.Random(5).sample(sorted(first_cid), 100)

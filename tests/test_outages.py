@@ -29,8 +29,12 @@ def test_nats_unreachable_is_503_and_nothing_claimed(
 ) -> None:
     server: embedded.EmbeddedServer = own_nats["server"]
     port = int(server.url.rsplit(":", 1)[1])
-    settings = {"nats_url": server.url, "database_url": database, "data_dir": str(tmp_path),
-                **unique_names()}
+    settings = {
+        "nats_url": server.url,
+        "database_url": database,
+        "data_dir": str(tmp_path),
+        **unique_names(),
+    }
     system: Deployed = deploy(ray_cluster, settings)
     generator = Generator(seed=11)
     try:
@@ -49,8 +53,11 @@ def test_nats_unreachable_is_503_and_nothing_claimed(
             assert not_ready.json()["components"]["nats"]["ok"] is False
 
             own_nats["server"] = embedded.start_nats(tmp_path / "own-nats", port=port)
-            wait_until(lambda: client.get("/health/ready").status_code == 200, timeout=60,
-                       what="ready again after NATS came back")
+            wait_until(
+                lambda: client.get("/health/ready").status_code == 200,
+                timeout=60,
+                what="ready again after NATS came back",
+            )
             after = generator.batch(500)
             assert client.post("/webhook", json=after).status_code == 202
         promised = [e["eventId"] for e in before + after]
