@@ -108,7 +108,8 @@ class Consumer:
                 log.warning("fetch failed", lane=self.lane, error=repr(error))
                 await asyncio.sleep(0.5)
                 continue
-            await self._handle(slot, msgs, writer)
+            if msgs:
+                await self._handle(slot, msgs, writer)
 
     async def _handle(self, slot: int, msgs: list[Msg], writer: Any) -> None:
         started = time.perf_counter()

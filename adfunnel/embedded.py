@@ -9,6 +9,8 @@ supervisor must not leave servers holding the data directory. Ports are picked f
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -18,6 +20,7 @@ import sys
 import sysconfig
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +193,17 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
     return server
 
 
+def _die_with_parent(signum: int) -> Callable[[], None]:
+    """PR_SET_PDEATHSIG for the server: if the guard itself is SIGKILLed (Ray kills a dead
+    worker's children that way), the server still gets its clean-stop signal."""
+
+    def apply() -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signum, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    return apply
+
+
 def _guard(argv: list[str]) -> int:
     """Run a server as a child; stop it when the starter dies or when told to."""
     parent = int(argv[0])
@@ -200,7 +214,7 @@ def _guard(argv: list[str]) -> int:
     command = rest[1:] if rest[:1] == ["--"] else rest
     # postgres' SIGTERM waits for every client to leave; SIGINT is its clean fast shutdown.
     stop_signal = signal.SIGINT if Path(command[0]).name == "postgres" else signal.SIGTERM
-    child = subprocess.Popen(command, user=user)
+    child = subprocess.Popen(command, user=user, preexec_fn=_die_with_parent(stop_signal))
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
