@@ -145,8 +145,8 @@ class Consumer:
             self._storage_ok = False
         log.warning("batch failed", lane=self.lane, messages=len(msgs), error=repr(error)[:300])
         for msg, delivery in zip(msgs, deliveries, strict=True):
-            last_chance = delivery.num_delivered >= self.settings.max_deliver - 1
-            if last_chance and not storage_down:
+            poisoned = delivery.num_delivered >= self.settings.max_deliver
+            if poisoned and not storage_down:
                 with contextlib.suppress(Exception):
                     await writer.dead_letter.remote(delivery, repr(error)[:500])
                     await msg.ack()

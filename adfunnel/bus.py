@@ -78,7 +78,7 @@ def consumer_config(settings: Settings, lane: str) -> ConsumerConfig:
         filter_subject=lane_filter(settings, lane),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        max_deliver=settings.max_deliver,
+        max_deliver=max(settings.max_deliver, settings.outage_max_deliver),
         ack_wait=settings.ack_wait_s,
         max_ack_pending=10_000,
         max_waiting=512,

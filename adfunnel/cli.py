@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import asyncpg
 
@@ -56,6 +58,24 @@ def cmd_servers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """`serve run CONFIG` that also drains on SIGTERM (process managers send SIGTERM)."""
+    serve = Path(sys.executable).parent / "serve"
+    # `serve run` drains only on Ctrl-C; Ray's own SIGTERM handler tears the node down at
+    # once. Run it as a child and turn SIGTERM into the SIGINT it handles gracefully.
+    child = subprocess.Popen(
+        [str(serve), "run", args.config],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+    def forward(signum: int, frame: object) -> None:
+        child.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return child.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `adfunnel` console script."""
     parser = argparse.ArgumentParser(prog="adfunnel", description=__doc__)
@@ -63,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help=cmd_migrate.__doc__).set_defaults(run=cmd_migrate)
     commands.add_parser("servers", help=cmd_servers.__doc__).set_defaults(run=cmd_servers)
+    run = commands.add_parser("run", help=cmd_run.__doc__)
+    run.add_argument("config", nargs="?", default="config.yaml")
+    run.set_defaults(run=cmd_run)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     writer_pool_size: int = Field(2, gt=0)
     consumers_per_source: int = Field(1, gt=0)
     fetch_batch_messages: int = Field(16, gt=0)
+    # A message whose write keeps failing for any reason but a storage outage goes to the
+    # rejected store after this many deliveries (poison).
     max_deliver: int = Field(10, gt=1)
+    # JetStream's own bound, far higher: during a PostgreSQL outage messages wait in the
+    # stream (consumers pause and nak with backoff) and must not run out of deliveries.
+    outage_max_deliver: int = Field(1_000, gt=1)
     ack_wait_s: float = Field(60.0, gt=0, description="Longer than the slowest batch write")
     writer_connections: int = Field(2, gt=0)
     log_level: str = "INFO"
