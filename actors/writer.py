@@ -175,9 +175,17 @@ class Writer:
     async def _write_all(self, pool: asyncpg.Pool, decoded: Sequence[Decoded]) -> WriteResult:
         events = [event for one in decoded for event in one.events]
         rejected = [row for one in decoded for row in one.rejected]
-        async with pool.acquire() as conn, conn.transaction():
-            stored = await insert_events(conn, events) if events else 0
-            await insert_rejected(conn, rejected)
+        async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    stored = await insert_events(conn, events) if events else 0
+                    await insert_rejected(conn, rejected)
+            except Exception as error:
+                # A backend that died mid-query can surface as a client-internal error;
+                # a closed connection means an outage, never bad data.
+                if conn.is_closed():
+                    raise StorageUnavailable(f"connection lost: {error!r}") from error
+                raise
         return WriteResult(stored, len(events) - stored, len(rejected))
 
     async def _write_isolated(self, pool: asyncpg.Pool, decoded: Decoded) -> WriteResult:

@@ -166,7 +166,9 @@ def encode_batch(
     chunks: list[Chunk] = []
     for subject, lines in by_subject.items():
         for part in _chunks(lines, settings.events_per_message, settings.max_message_bytes):
-            digest = hashlib.sha256("\n".join(key for key, _ in part).encode()).hexdigest()
+            # Length-prefixed, so no two different id lists can hash alike.
+            keyed = "".join(f"{len(key)}:{key}" for key, _ in part)
+            digest = hashlib.sha256(keyed.encode("utf-8", "surrogatepass")).hexdigest()
             headers = {**base, HEADER_MSG_ID: digest[:40], HEADER_COUNT: str(len(part))}
             chunks.append(Chunk(subject, b"\n".join(line for _, line in part), headers, len(part)))
     return chunks
@@ -177,7 +179,11 @@ def dump_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
+        pass
+    try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate (rejected events keep theirs, escaped)
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def decode_lines(body: bytes) -> list[bytes]:

@@ -25,6 +25,7 @@ from adfunnel.ingest import (
     SIGNATURE_HEADER,
     Triage,
     error_entries,
+    may_be_unstorable,
     parse_body,
     triage,
     verify_signature,
@@ -202,7 +203,7 @@ class Gateway:
         self, body: bytes, cid: str, received_at: datetime
     ) -> tuple[list[Any], Triage, list[bus.Chunk]]:
         items = parse_body(body, self.settings.max_batch_events)
-        sorted_out = triage(items, may_have_nul=b"\\u0000" in body)
+        sorted_out = triage(items, check_storable=may_be_unstorable(body))
         chunks = bus.encode_batch(
             self.settings,
             sorted_out.accepted,

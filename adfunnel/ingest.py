@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +26,36 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> None:
         raise BadSignature("missing x-signature header")
     scheme, _, given = header.partition("=")
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if scheme.strip().lower() != "sha256" or not hmac.compare_digest(
-        given.strip().lower(), expected
-    ):
+    given = given.strip().lower()
+    # compare_digest refuses non-ASCII str: such a header is simply a wrong signature.
+    if scheme.strip().lower() != "sha256" or not given.isascii():
+        raise BadSignature("x-signature does not match the body")
+    if not hmac.compare_digest(given, expected):
         raise BadSignature("x-signature does not match the body")
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# orjson turns integers past 64 bits into floats; a number of 19+ digits in value position
+# sends the body through the stdlib parser, which keeps them exact.
+_BIG_INT = re.compile(rb"[\[:,]\s*-?[0-9]{19,}")
+# Escapes of what PostgreSQL cannot store in text/jsonb: NUL and (lone) surrogates.
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+def _stdlib_loads(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidBody("the body is nested too deeply") from None
+
+
+def may_be_unstorable(body: bytes) -> bool:
+    """Whether the body escapes a character PostgreSQL cannot store (checked per event then)."""
+    return _UNSTORABLE_ESCAPE.search(body) is not None
 
 
 def parse_body(body: bytes, max_events: int) -> list[Any]:
@@ -41,10 +64,13 @@ def parse_body(body: bytes, max_events: int) -> list[Any]:
         raise InvalidBody("the body is empty; send an event object or an array of events")
     try:
         decoded: Any = orjson.loads(body)
+        if _BIG_INT.search(body):
+            decoded = _stdlib_loads(body)
     except orjson.JSONDecodeError as error:
-        # orjson refuses integers past 64 bits; the stdlib does not, and still refuses NaN.
+        # The stdlib also reads lone surrogates and deep nesting that orjson refuses; the
+        # events carrying them are rejected one by one instead of the whole batch.
         try:
-            decoded = json.loads(body, parse_constant=_refuse_constant)
+            decoded = _stdlib_loads(body)
         except (ValueError, UnicodeDecodeError):
             raise InvalidBody(f"the body is not valid JSON: {error}") from None
     if isinstance(decoded, dict):
@@ -75,33 +101,31 @@ class Triage:
         return len(self.accepted) + self.repeated
 
 
-_NUL = "\x00"
-
-
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> bool:
     if isinstance(value, str):
-        return _NUL in value
+        return _UNSTORABLE_CHAR.search(value) is not None
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 
-def triage(items: list[Any], *, may_have_nul: bool = True) -> Triage:
+def triage(items: list[Any], *, check_storable: bool = True) -> Triage:
     """Validate every event; the first copy of an eventId in the request wins.
 
-    PostgreSQL cannot store NUL in text or jsonb, so an event carrying one anywhere (extra
-    fields included) is rejected here rather than promised and then refused by the writer.
-    Callers that know the body has no `\\u0000` escape pass `may_have_nul=False` to skip
-    the walk.
+    PostgreSQL cannot store NUL or a lone surrogate in text or jsonb, so an event carrying
+    one anywhere (extra fields included) is rejected here rather than promised and then
+    refused by the writer. Callers that know the body has no such escape
+    (`may_be_unstorable`) pass `check_storable=False` to skip the walk.
     """
     out = Triage()
     seen: set[str] = set()
     for index, item in enumerate(items):
         result = validate_event(item)
-        if isinstance(result, Accepted) and may_have_nul and _has_nul(item):
-            result = Rejected(result.event_id, "event: contains a NUL character (\\u0000)", item)
+        if isinstance(result, Accepted) and check_storable and _unstorable(item):
+            reason = "event: contains a NUL character or a lone surrogate, which cannot be stored"
+            result = Rejected(result.event_id, reason, item)
         if isinstance(result, Rejected):
             out.rejected.append((index, result))
         elif result.event_id in seen:

@@ -163,6 +163,9 @@ async def migrate(conn: Conn) -> list[int]:
 
 async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     """Store a batch in the caller's transaction; returns how many eventIds were new."""
+    if not conn.is_in_transaction():
+        # The staging table empties at commit: outside a transaction nothing would be stored.
+        raise RuntimeError("insert_events needs the caller's transaction")
     await conn.execute(_STAGING_DDL)
     records = [
         (*e.row, e.payload, e.correlation_id, e.received_at, e.stream_seq, seq)

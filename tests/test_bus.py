@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ def make_settings(**overrides: Any) -> Settings:
         "stream_max_bytes": 123 * 1024 * 1024,
         "duplicate_window_s": 90.0,
         "max_deliver": 7,
+        "outage_max_deliver": 500,
         "ack_wait_s": 45.0,
     }
     values.update(overrides)
@@ -157,7 +159,7 @@ def test_messages_are_cut_at_max_message_bytes() -> None:
     ids = [line["eventId"] for c in chunks for line in lines_of(c)]
     assert ids == [e["eventId"] for e in events]
     # Cut only when the next event would not fit: a chunk plus the next line exceeds the limit.
-    for chunk, following in zip(chunks, chunks[1:], strict=False):
+    for chunk, following in itertools.pairwise(chunks):
         next_line = decode_lines(following.body)[0]
         assert len(chunk.body) + 1 + len(next_line) > limit
 
@@ -179,9 +181,7 @@ def test_every_accepted_event_appears_exactly_once(per_message: int, max_bytes: 
     sorted_out = triage(events)
     settings = make_settings(events_per_message=per_message, max_message_bytes=max_bytes)
     chunks = encode(settings, sorted_out.accepted, sorted_out.rejected)
-    carried = Counter(
-        line["eventId"] for chunk in event_chunks(chunks) for line in lines_of(chunk)
-    )
+    carried = Counter(line["eventId"] for chunk in event_chunks(chunks) for line in lines_of(chunk))
     assert carried == Counter(a.event_id for a in sorted_out.accepted)
     assert set(carried.values()) == {1}
     assert sum(c.count for c in event_chunks(chunks)) == len(sorted_out.accepted)
@@ -239,12 +239,6 @@ def test_the_message_id_is_a_hex_digest() -> None:
     int(msg_id, 16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the Nats-Msg-Id digest joins eventIds with newlines, so ['a', 'b'] and "
-    "['a\\nb'] collide; JetStream then drops the second message as a duplicate although its "
-    "event was never stored (eventIds are opaque strings and may contain a newline)",
-)
 def test_ambiguous_event_id_lists_do_not_share_a_message_id() -> None:
     g = gen(13)
     a, b, joined = g.facebook("ad.view"), g.facebook("ad.view"), g.facebook("ad.view")
@@ -390,14 +384,21 @@ def test_consumer_config_carries_the_settings(lane: str) -> None:
     assert config.durable_name == settings.durable_name(lane)
     assert config.filter_subject == lane_filter(settings, lane)
     assert config.ack_policy == AckPolicy.EXPLICIT
-    assert config.max_deliver == 7
+    # JetStream's bound is the outage one; the poison bound (max_deliver) is the consumers'.
+    assert config.max_deliver == 500
     assert config.ack_wait == 45.0
+
+
+def test_jetstream_never_gives_up_before_the_poison_bound() -> None:
+    settings = make_settings(max_deliver=40, outage_max_deliver=20)
+    assert consumer_config(settings, "facebook").max_deliver == 40
 
 
 def test_lane_filters_do_not_overlap() -> None:
     # A work-queue stream refuses consumers with overlapping filters.
     settings = make_settings()
-    filters = [consumer_config(settings, lane).filter_subject for lane in LANES]
+    filters = [lane_filter(settings, lane) for lane in LANES]
+    assert filters == [consumer_config(settings, lane).filter_subject for lane in LANES]
     assert len(set(filters)) == len(LANES)
     chunks = encode(
         settings,

@@ -25,7 +25,7 @@ def refused(name: str, *args: str | None) -> InvalidParameter:
     assert error.message.startswith(f"{name}: "), error.message
     assert str(error).startswith(f"{name}: ")
     assert error.status_code == 400
-    assert error.details and error.details[0] == {  # type: ignore[comparison-overlap]
+    assert error.details and error.details[0] == {
         "parameter": name,
         "message": error.message.removeprefix(f"{name}: "),
     }
@@ -149,7 +149,11 @@ def test_the_source_is_checked_before_the_event_type() -> None:
 
 @pytest.mark.parametrize(
     ("source", "stage", "event_type"),
-    [(s, "top", t) for s, types in (("facebook", FACEBOOK_TOP), ("tiktok", TIKTOK_TOP)) for t in types]
+    [
+        (s, "top", t)
+        for s, types in (("facebook", FACEBOOK_TOP), ("tiktok", TIKTOK_TOP))
+        for t in types
+    ]
     + [
         (s, "bottom", t)
         for s, types in (("facebook", FACEBOOK_BOTTOM), ("tiktok", TIKTOK_BOTTOM))

@@ -1,0 +1,117 @@
+"""Compare ways to write a batch of events to PostgreSQL (the writer's design choice).
+
+    python bench/write_paths.py [DATABASE_URL] [--rows 50000] [--batch 10000]
+
+Without a URL it starts the embedded PostgreSQL in a temporary directory. Each method
+writes the same generated events into a fresh `events` table, in batches, one
+transaction per batch, then writes the same batches again (all conflicts). Prints
+rows/s per method; timings belong here and in the README, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from adfunnel import embedded, storage
+from adfunnel.generator import Generator
+from adfunnel.schema import event_row
+from adfunnel.storage import EVENT_COLUMNS, StagedEvent
+
+_COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
+_TYPES = (
+    "text timestamptz text text text text numeric text text int text text text bigint text"
+    " timestamptz jsonb text timestamptz bigint"
+).split()  # noqa: SIM905  # one line per row of types reads better than a 20-item list
+
+
+async def copy_merge(conn: Any, batch: list[StagedEvent]) -> None:
+    await storage.insert_events(conn, batch)
+
+
+def _records(batch: list[StagedEvent]) -> list[tuple[Any, ...]]:
+    return [(*e.row, e.payload, e.correlation_id, e.received_at, e.stream_seq) for e in batch]
+
+
+async def executemany(conn: Any, batch: list[StagedEvent]) -> None:
+    marks = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
+    await conn.executemany(
+        f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({marks})"
+        " ON CONFLICT (event_id) DO NOTHING",
+        _records(batch),
+    )
+
+
+async def unnest(conn: Any, batch: list[StagedEvent]) -> None:
+    records = _records(batch)
+    arrays = [list(column) for column in zip(*records, strict=True)]
+    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
+    await conn.execute(
+        f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT * FROM unnest({params})"
+        " ON CONFLICT (event_id) DO NOTHING",
+        *arrays,
+    )
+
+
+METHODS: dict[str, Callable[[Any, list[StagedEvent]], Awaitable[None]]] = {
+    "copy→staging + INSERT…ON CONFLICT": copy_merge,
+    "INSERT…SELECT unnest(arrays) ON CONFLICT": unnest,
+    "executemany INSERT…ON CONFLICT": executemany,
+}
+
+
+async def run(dsn: str, rows: int, batch_size: int) -> None:
+    received = datetime.now(UTC)
+    events = [
+        StagedEvent(event_row(e), orjson.dumps(e).decode(), "bench", received, i)
+        for i, e in enumerate(Generator(seed=1).batch(rows))
+    ]
+    batches = [events[i : i + batch_size] for i in range(0, rows, batch_size)]
+    print(f"{rows} rows in batches of {batch_size}")
+    for name, method in METHODS.items():
+        database = f"bench_{abs(hash(name)) % 10**8}"
+        await storage.ensure_database(dsn, database)
+        target = dsn.rsplit("/", 1)[0] + f"/{database}"
+        pool = await storage.create_pool(target, size=1)
+        async with pool.acquire() as conn:
+            await conn.execute("DROP TABLE IF EXISTS events, rejected_events, schema_migrations")
+            await storage.migrate(conn)
+            for label in ("new rows", "all conflicts"):
+                started = time.perf_counter()
+                for batch in batches:
+                    async with conn.transaction():
+                        await method(conn, batch)
+                elapsed = time.perf_counter() - started
+                print(f"  {name:45s} {label:14s} {rows / elapsed:10,.0f} rows/s")
+        await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("database_url", nargs="?")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    args = parser.parse_args()
+    server = None
+    dsn = args.database_url
+    if dsn is None:
+        server = embedded.start_postgres(Path(tempfile.mkdtemp()) / "bench")
+        dsn = server.url
+        asyncio.run(storage.wait_for_database(dsn))
+    try:
+        asyncio.run(run(dsn, args.rows, args.batch))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
