@@ -28,9 +28,27 @@ from adfunnel.storage import EVENT_COLUMNS, StagedEvent
 
 _COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
 _TYPES = (
-    "text timestamptz text text text text numeric text text int text text text bigint text"
-    " timestamptz jsonb text timestamptz bigint"
-).split()  # noqa: SIM905  # one line per row of types reads better than a 20-item list
+    "text",
+    "timestamptz",
+    "text",
+    "text",
+    "text",
+    "text",
+    "numeric",
+    "text",
+    "text",
+    "int",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "text",
+    "timestamptz",
+    "jsonb",
+    "text",
+    "timestamptz",
+    "bigint",
+)
 
 
 async def copy_merge(conn: Any, batch: list[StagedEvent]) -> None:
