@@ -5,12 +5,14 @@ Lives beside the code (not under tests/) so the benchmark and the publisher can 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 from ray import serve
 
@@ -42,6 +44,24 @@ def wait_until(
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or probe}: last={last!r}")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from synchronous code (tests, tools)."""
+    return asyncio.run(coro)
+
+
+async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def db_fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query, from synchronous code."""
+    return run(_fetch(dsn, sql, *args))
 
 
 @dataclass

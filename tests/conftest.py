@@ -6,7 +6,6 @@ embedded servers started once for the session.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,14 @@ import ray
 from ray import serve
 
 from adfunnel import embedded, storage
-from adfunnel.testing import Deployed, deploy, undeploy, unique_database, unique_names
+from adfunnel.testing import (
+    Deployed,
+    deploy,
+    run,
+    undeploy,
+    unique_database,
+    unique_names,
+)
 
 
 @dataclass(frozen=True)
@@ -35,24 +41,6 @@ class Servers:
         base, _, rest = self.postgres_url.rpartition("/")
         query = f"?{rest.partition('?')[2]}" if "?" in rest else ""
         return f"{base}/{name}{query}"
-
-
-def run(coro: Any) -> Any:
-    """Run a coroutine from a synchronous test."""
-    return asyncio.run(coro)
-
-
-async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-def db_fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """Rows of one query against a test database."""
-    return list(run(_fetch(dsn, sql, *args)))
 
 
 @pytest.fixture(scope="session")

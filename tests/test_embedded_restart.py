@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from adfunnel.generator import Generator
-from adfunnel.testing import deploy, undeploy, unique_names, wait_until
-from tests.conftest import db_fetch
+from adfunnel.testing import db_fetch, deploy, undeploy, unique_names, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,7 @@ import pytest
 
 from adfunnel import embedded
 from adfunnel.generator import Generator
-from adfunnel.testing import Deployed, deploy, undeploy, unique_names, wait_until
-from tests.conftest import db_fetch
+from adfunnel.testing import Deployed, db_fetch, deploy, undeploy, unique_names, wait_until
 
 pytestmark = pytest.mark.integration
 

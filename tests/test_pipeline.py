@@ -12,8 +12,7 @@ import ray
 
 from actors.supervisor import ACTOR_NAMESPACE, actor_name
 from adfunnel.generator import Generator
-from adfunnel.testing import Deployed, wait_until
-from tests.conftest import db_fetch
+from adfunnel.testing import Deployed, db_fetch, wait_until
 
 pytestmark = pytest.mark.integration
 

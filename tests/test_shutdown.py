@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from adfunnel.generator import Generator
-from adfunnel.testing import deploy, undeploy, wait_until
-from tests.conftest import db_fetch
+from adfunnel.testing import db_fetch, deploy, undeploy, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,74 @@
+"""Time one burst against a running system: POST → 202 → last row committed → visible.
+
+    python bench/first_post.py [--url http://127.0.0.1:8000] [--events 50000] [--posts 1]
+
+The database is found in `/health/ready` (the embedded PostgreSQL's URL) or DATABASE_URL.
+"Committed" is the newest `stored_at` of the posted events, so the figure is
+first POST → last row committed, measured by PostgreSQL's clock on this same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+
+from adfunnel.generator import Generator
+from adfunnel.testing import db_fetch, wait_until
+
+
+def database_url(client: httpx.Client) -> str:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    components: dict[str, object] = client.get("/health/ready").json()["components"]
+    embedded = [k.removeprefix("embedded:") for k in components if k.startswith("embedded:postg")]
+    return embedded[0].rsplit("/", 1)[0] + "/adfunnel"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--posts", type=int, default=1)
+    args = parser.parse_args()
+    generator = Generator(seed=time.time_ns() % 2**32)
+    batches = [generator.batch(args.events) for _ in range(args.posts)]
+    bodies = [orjson.dumps(batch) for batch in batches]
+    ids = [event["eventId"] for batch in batches for event in batch]
+    with httpx.Client(base_url=args.url, timeout=300) as client:
+        dsn = database_url(client)
+        before = client.get("/reports/events").json()["total"]
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        acks = []
+        for body in bodies:
+            t = time.perf_counter()
+            response = client.post(
+                "/webhook", content=body, headers={"content-type": "application/json"}
+            )
+            response.raise_for_status()
+            acks.append(time.perf_counter() - t)
+        total = before + len(ids)
+        wait_until(
+            lambda: client.get("/reports/events").json()["total"] >= total,
+            timeout=600,
+            interval=0.05,
+            what="all events visible",
+        )
+        visible = time.perf_counter() - t0
+    last = db_fetch(dsn, "SELECT max(stored_at) AS t FROM events WHERE event_id = ANY($1)", ids)
+    committed = (last[0]["t"] - started).total_seconds()
+    mb = sum(len(b) for b in bodies) / 1e6
+    print(
+        f"events={len(ids)} posts={args.posts} body_MB={mb:.1f} "
+        f"ack_s={[round(a, 2) for a in acks]} last_commit_s={committed:.2f} "
+        f"visible_s={visible:.2f} events_per_s_to_last_commit={len(ids) / committed:,.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
