@@ -100,8 +100,14 @@ def start_nats(data_dir: Path, *, port: int | None = None, timeout: float = 20.0
     port = port or free_port()
     log = data_dir / "nats.log"
     command = [nats_server_binary(), "-a", _HOST, "-p", str(port), "-js", "-sd", str(store)]
-    process = _guarded(command, log)
-    server = EmbeddedServer(f"nats://{_HOST}:{port}", process)
+    return _start(command, f"nats://{_HOST}:{port}", port, log, timeout)
+
+
+def _start(
+    command: list[str], url: str, port: int, log: Path, timeout: float, user: str | None = None
+) -> EmbeddedServer:
+    process = _guarded(command, log, user)
+    server = EmbeddedServer(url, process)
     try:
         _wait_for_port(port, process, timeout, log)
     except EmbeddedServerError:
@@ -183,14 +189,9 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
         "-c",
         "shared_buffers=256MB",
     ]
-    process = _guarded(command, log, user)
-    server = EmbeddedServer(f"postgresql://postgres@{_HOST}:{port}/postgres", process)
-    try:
-        _wait_for_port(port, process, timeout, log)
-    except EmbeddedServerError:
-        server.stop()
-        raise
-    return server
+    return _start(
+        command, f"postgresql://postgres@{_HOST}:{port}/postgres", port, log, timeout, user
+    )
 
 
 def _die_with_parent(signum: int) -> Callable[[], None]:

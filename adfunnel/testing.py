@@ -51,7 +51,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+async def fetch_rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query on a fresh connection."""
     conn = await asyncpg.connect(dsn)
     try:
         return list(await conn.fetch(sql, *args))
@@ -61,7 +62,7 @@ async def _fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 def db_fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     """The rows of one query, from synchronous code."""
-    return run(_fetch(dsn, sql, *args))
+    return run(fetch_rows(dsn, sql, *args))
 
 
 @dataclass

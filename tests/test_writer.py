@@ -19,6 +19,7 @@ from adfunnel.errors import StorageUnavailable
 from adfunnel.generator import Generator
 from adfunnel.schema import Rejected, validate_event
 from adfunnel.settings import Settings
+from adfunnel.testing import fetch_rows
 
 pytestmark = pytest.mark.integration
 
@@ -88,20 +89,12 @@ async def writer(database_migrated: str) -> AsyncIterator[Writer]:
     await w.close()
 
 
-async def fetch(database: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(database)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
 async def event_ids(database: str) -> set[str]:
-    return {r["event_id"] for r in await fetch(database, "SELECT event_id FROM events")}
+    return {r["event_id"] for r in await fetch_rows(database, "SELECT event_id FROM events")}
 
 
 async def rejected_rows(database: str) -> list[asyncpg.Record]:
-    return await fetch(
+    return await fetch_rows(
         database,
         "SELECT dedup_key, event_id, source, reason, batch_index, payload::text AS payload, raw,"
         " correlation_id, received_at FROM rejected_events ORDER BY dedup_key",
@@ -109,12 +102,12 @@ async def rejected_rows(database: str) -> list[asyncpg.Record]:
 
 
 async def snapshot(database: str) -> tuple[list[Any], list[Any]]:
-    events = await fetch(
+    events = await fetch_rows(
         database,
         "SELECT event_id, payload::text, received_at, stored_at, stream_seq, correlation_id"
         " FROM events ORDER BY event_id",
     )
-    rejected = await fetch(database, "SELECT * FROM rejected_events ORDER BY id")
+    rejected = await fetch_rows(database, "SELECT * FROM rejected_events ORDER BY id")
     return [tuple(r) for r in events], [tuple(r) for r in rejected]
 
 
@@ -162,7 +155,7 @@ async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrate
     await writer.write(
         [delivery("facebook", lines([event]), "m-1", stream_seq=77, correlation_id="trace-1")]
     )
-    (row,) = await fetch(
+    (row,) = await fetch_rows(
         database_migrated,
         "SELECT payload::text AS payload, correlation_id, received_at, stream_seq FROM events",
     )
@@ -345,7 +338,7 @@ async def test_an_integer_beyond_64_bits_in_an_extra_field_is_stored_exactly(
     event["bigCounter"] = 123456789012345678901234567890
     result = await writer.write([delivery("facebook", dump_json([event])[1:-1], "m-big")])
     assert (result.stored, result.rejected) == (1, 0)
-    (row,) = await fetch(database_migrated, "SELECT payload::text AS payload FROM events")
+    (row,) = await fetch_rows(database_migrated, "SELECT payload::text AS payload FROM events")
     assert "123456789012345678901234567890" in row["payload"]
 
 
