@@ -7,6 +7,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     while not stop and nats.alive() and postgres.alive():
-        signal.pause() if hasattr(signal, "pause") else None
+        time.sleep(0.5)
     postgres.stop()
     nats.stop()
     return 0

@@ -111,12 +111,12 @@ class Reporter:
     ) -> Response:
         """Event counts: exact total, breakdown by source/stage/type, optional series."""
         filters = reports.event_filters(start, end, source, funnel_stage, event_type)
-        interval = reports.interval_param(interval)  # type: ignore[assignment]
+        bucket = reports.interval_param(interval)
         async with self._db().acquire() as conn:
             breakdown = await storage.event_breakdown(conn, filters)
-            series = await storage.event_series(conn, filters, interval) if interval else None
+            series = await storage.event_series(conn, filters, bucket) if bucket else None
         answer: dict[str, Any] = {
-            "filters": reports.filters_echo(filters, interval),
+            "filters": reports.filters_echo(filters, bucket),
             "total": sum(r["count"] for r in breakdown),
             "breakdown": [
                 {
