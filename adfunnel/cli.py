@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from adfunnel import embedded, storage
+from adfunnel.seed import SeedPlan, seed
 from adfunnel.settings import Settings
 
 
@@ -34,6 +35,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 2
     applied = asyncio.run(_migrate(settings.database_url))
     print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    """Load N realistic events straight into PostgreSQL (through the writers' storage path)."""
+    settings = Settings()
+    database_url = args.database_url or settings.database_url
+    server = None
+    if database_url is None:
+        # The system's embedded PostgreSQL on DATA_DIR: the system must not be running.
+        server = embedded.start_postgres(settings.data_dir.resolve())
+        asyncio.run(storage.wait_for_database(server.url))
+        asyncio.run(storage.ensure_database(server.url, "adfunnel"))
+        database_url = server.url.rsplit("/", 1)[0] + "/adfunnel"
+    plan = SeedPlan(events=args.events, days=args.days, seed=args.seed, batch=args.batch)
+    try:
+        result = asyncio.run(seed(database_url, plan))
+    finally:
+        if server is not None:
+            server.stop()
+    print(
+        f"seeded {result.sent:,} events ({result.stored:,} new rows) over {plan.days:g} days"
+        f" in {result.seconds:.1f} s: {result.events_per_s:,.0f} events/s"
+    )
     return 0
 
 
@@ -84,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help=cmd_migrate.__doc__).set_defaults(run=cmd_migrate)
     commands.add_parser("servers", help=cmd_servers.__doc__).set_defaults(run=cmd_servers)
+    seeding = commands.add_parser("seed", help=cmd_seed.__doc__)
+    seeding.add_argument("--events", type=int, required=True, help="how many events to send")
+    seeding.add_argument("--days", type=float, default=7.0, help="time window, ending now")
+    seeding.add_argument("--seed", type=int, default=1, help="random seed (reproducible data)")
+    seeding.add_argument("--batch", type=int, default=20_000, help="events per transaction")
+    seeding.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
+    seeding.set_defaults(run=cmd_seed)
     run = commands.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("config", nargs="?", default="config.yaml")
     run.set_defaults(run=cmd_run)

@@ -38,6 +38,9 @@ FromParam = Annotated[
 ToParam = Annotated[
     str | None, Query(alias="to", description="ISO-8601, exclusive; no offset means UTC")
 ]
+CampaignParam = Annotated[
+    str | None, Query(alias="campaignId", description="Only this Facebook campaign")
+]
 IntervalParam = Annotated[
     Literal["minute", "hour", "day"] | None, Query(description="Adds a UTC `series`")
 ]
@@ -134,6 +137,84 @@ class Reporter:
                 for r in series
             ]
         return http.json_response(answer)
+
+    @api.get("/revenue", responses={400: {"model": http.ErrorBody}})
+    async def revenue(
+        self,
+        start: FromParam = None,
+        end: ToParam = None,
+        source: SourceParam = None,
+        campaign_id: CampaignParam = None,
+        interval: IntervalParam = None,
+    ) -> Response:
+        """Exact revenue (two-decimal strings) by source and campaign, optional series."""
+        filters = reports.revenue_filters(start, end, source, campaign_id)
+        bucket = reports.interval_param(interval)
+        async with self._db().acquire() as conn:
+            groups = await storage.revenue_groups(conn, filters)
+            series = await storage.revenue_series(conn, filters, bucket) if bucket else None
+        return http.json_response(reports.revenue_answer(filters, groups, series, bucket))
+
+    @api.get("/demographics", responses={400: {"model": http.ErrorBody}})
+    async def demographics(
+        self, start: FromParam = None, end: ToParam = None, source: SourceParam = None
+    ) -> Response:
+        """Distinct users in range by their latest attributes; one source's section if asked."""
+        filters = reports.event_filters(start, end, source, None, None)
+        answer: dict[str, Any] = {"filters": reports.filters_echo(filters)}
+        for name in ("funnelStage", "eventType"):
+            answer["filters"].pop(name)
+        async with self._db().acquire() as conn:
+            if source in (None, "facebook"):
+                rows = await storage.facebook_demographics(conn, filters)
+                answer["facebook"] = reports.facebook_section(rows)
+            if source in (None, "tiktok"):
+                followers = await storage.tiktok_followers(conn, filters)
+                engagement = await storage.tiktok_engagement(conn, filters)
+                answer["tiktok"] = reports.tiktok_section(followers, engagement)
+        return http.json_response(answer)
+
+    @api.get("/rejected", responses={400: {"model": http.ErrorBody}})
+    async def rejected(
+        self,
+        start: Annotated[
+            str | None, Query(alias="from", description="Received at or after (ISO-8601)")
+        ] = None,
+        end: Annotated[
+            str | None, Query(alias="to", description="Received before (ISO-8601)")
+        ] = None,
+        limit: Annotated[int, Query(ge=0, le=1000, description="How many samples")] = 20,
+    ) -> Response:
+        """Rejected events kept for inspection and replay: totals by reason, newest samples."""
+        filters = reports.event_filters(start, end, None, None, None)
+        echo = reports.filters_echo(filters)
+        async with self._db().acquire() as conn:
+            total, by_reason, samples = await storage.rejected_summary(
+                conn, filters, reasons=100, samples=limit
+            )
+        body = (
+            b'{"filters":'
+            + orjson.dumps({"from": echo["from"], "to": echo["to"]})
+            + b',"total":'
+            + orjson.dumps(total)
+            + b',"byReason":'
+            + orjson.dumps([dict(r) for r in by_reason])
+            + b',"samples":['
+            + b",".join(
+                b'{"receivedAt":'
+                + orjson.dumps(reports.iso_utc(r["received_at"]))
+                + b',"reason":'
+                + orjson.dumps(r["reason"])
+                + b',"correlationId":'
+                + orjson.dumps(r["correlation_id"])
+                + b',"payload":'
+                + (r["payload"] or "null").encode()
+                + b"}"
+                for r in samples
+            )
+            + b"]}"
+        )
+        return Response(body, media_type="application/json")
 
     @api.get("/health/live")
     async def live(self) -> dict[str, str]:

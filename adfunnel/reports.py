@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
+from typing import Any, Protocol
 
 from adfunnel.errors import InvalidParameter
 from adfunnel.schema import EVENT_TYPES, SOURCES, parse_timestamp
-from adfunnel.storage import EventFilters
+from adfunnel.storage import AGE_BUCKETS, FOLLOWER_BUCKETS, EventFilters
 
 INTERVALS = ("minute", "hour", "day")
+
+
+class Row(Protocol):
+    """A result row (asyncpg's Record, or a dict in tests)."""
+
+    def __getitem__(self, key: str) -> Any: ...
 
 
 def _time(name: str, value: str | None) -> datetime | None:
@@ -55,6 +63,16 @@ def event_filters(
     return filters
 
 
+def revenue_filters(
+    start: str | None, end: str | None, source: str | None, campaign_id: str | None
+) -> EventFilters:
+    """Validated revenue filters; `campaignId` narrows to Facebook (TikTok has no campaigns)."""
+    base = event_filters(start, end, source, None, None)
+    if campaign_id is not None and not 0 < len(campaign_id) <= 512:
+        raise _bad("campaignId", "must be 1 to 512 characters")
+    return EventFilters(base.start, base.end, base.source, campaign_id=campaign_id)
+
+
 def interval_param(value: str | None) -> str | None:
     """The series interval, or None for no series."""
     if value is not None and value not in INTERVALS:
@@ -79,3 +97,141 @@ def filters_echo(filters: EventFilters, interval: str | None = None) -> dict[str
 def iso_utc(value: datetime) -> str:
     """ISO-8601 with a Z, like the publisher's timestamps."""
     return value.isoformat().replace("+00:00", "Z")
+
+
+_CENT = Decimal("0.01")
+
+
+def money(value: Decimal | None) -> str:
+    """Exact amount as a two-decimal string; half-up, as money is rounded."""
+    return str((value or Decimal(0)).quantize(_CENT, rounding=ROUND_HALF_UP))
+
+
+def revenue_answer(
+    filters: EventFilters,
+    groups: Sequence[Row],
+    series: Sequence[Row] | None,
+    interval: str | None,
+) -> dict[str, Any]:
+    """The `/reports/revenue` body from per-(source, campaign) groups and an optional series."""
+    with localcontext(Context(prec=100)):  # sums of 30-digit amounts stay exact
+        return _revenue_answer(filters, groups, series, interval)
+
+
+def _revenue_answer(
+    filters: EventFilters,
+    groups: Sequence[Row],
+    series: Sequence[Row] | None,
+    interval: str | None,
+) -> dict[str, Any]:
+    by_source: dict[str, list[Any]] = {}
+    by_campaign: dict[str, list[Any]] = {}
+    for group in groups:
+        for key, table in ((group["source"], by_source), (group["campaign_id"], by_campaign)):
+            if key is None:
+                continue
+            entry = table.setdefault(key, [Decimal(0), 0])
+            entry[0] += group["revenue"]
+            entry[1] += group["transactions"]
+    sources = [filters.source] if filters.source else list(SOURCES)
+    for source in sources:
+        by_source.setdefault(source, [Decimal(0), 0])
+
+    def listing(table: dict[str, list[Any]], name: str) -> list[dict[str, Any]]:
+        ordered = sorted(table.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [
+            {name: key, "revenue": money(revenue), "transactions": count}
+            for key, (revenue, count) in ordered
+        ]
+
+    total = sum((v[0] for v in by_source.values()), Decimal(0))
+    echo = filters_echo(filters, interval)
+    for name in ("funnelStage", "eventType"):
+        echo.pop(name)
+    echo["campaignId"] = filters.campaign_id
+    answer: dict[str, Any] = {
+        "filters": echo,
+        "total": money(total),
+        "transactions": sum(v[1] for v in by_source.values()),
+        "bySource": listing(by_source, "source"),
+        "byCampaign": listing(by_campaign, "campaignId"),
+    }
+    if series is not None:
+        answer["series"] = [
+            {
+                "bucket": iso_utc(row["bucket"].replace(tzinfo=UTC)),
+                "revenue": money(row["revenue"]),
+                "transactions": row["transactions"],
+            }
+            for row in series
+        ]
+    return answer
+
+
+def _ranked(counts: dict[Any, int], name: str | tuple[str, ...]) -> list[dict[str, Any]]:
+    names = (name,) if isinstance(name, str) else name
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], tuple(str(k) for k in kv[0])))
+    return [{**dict(zip(names, key, strict=True)), "users": users} for key, users in ordered]
+
+
+def facebook_section(rows: Sequence[Row]) -> dict[str, Any]:
+    """The `facebook` part of `/reports/demographics` from grouping-set rows."""
+    users = 0
+    ages = dict.fromkeys(AGE_BUCKETS, 0)
+    genders: dict[Any, int] = {}
+    countries: dict[Any, int] = {}
+    cities: dict[Any, int] = {}
+    # GROUPING(age, gender, country, city): a set bit means "not grouped by this column".
+    for row in rows:
+        grouping, count = row["grouping"], row["users"]
+        if grouping == 0b1111:
+            users = count
+        elif grouping == 0b0111:
+            ages[row["age_bucket"]] = count
+        elif grouping == 0b1011:
+            genders[(row["gender"],)] = count
+        elif grouping == 0b1101:
+            countries[(row["country"],)] = count
+        elif grouping == 0b1100:
+            cities[(row["country"], row["city"])] = count
+    if not ages["0-12"]:
+        del ages["0-12"]  # the publisher's audience starts at 13; show the bucket only if used
+    return {
+        "users": users,
+        "age": [{"bucket": bucket, "users": count} for bucket, count in ages.items()],
+        "gender": _ranked(genders, "gender"),
+        "countries": _ranked(countries, "country"),
+        "cities": _ranked(cities, ("country", "city")),
+    }
+
+
+def _number(value: Any) -> float | int | None:
+    if value is None:
+        return None
+    number = float(value)
+    return int(number) if number.is_integer() else round(number, 2)
+
+
+def tiktok_section(followers: Sequence[Row], engagement: Sequence[Row]) -> dict[str, Any]:
+    """The `tiktok` part of `/reports/demographics`."""
+    # The grand-total grouping set yields its row even when no user matched.
+    totals = next(r for r in followers if r["bucket"] is None)
+    buckets = dict.fromkeys(FOLLOWER_BUCKETS, 0)
+    for row in followers:
+        if row["bucket"] is not None:
+            buckets[row["bucket"]] = row["users"]
+    devices = {(r["device"],): r["users"] for r in engagement if r["grouping"] == 0b01}
+    countries = {(r["country"],): r["users"] for r in engagement if r["grouping"] == 0b10}
+    return {
+        "users": int(totals["users"]),
+        "followers": {
+            # min and max are counts: exact integers; avg and median are statistics.
+            "min": None if totals["min"] is None else int(totals["min"]),
+            "max": None if totals["max"] is None else int(totals["max"]),
+            "avg": _number(totals["avg"]),
+            "median": _number(totals["median"]),
+        },
+        "followerBuckets": [{"bucket": b, "users": n} for b, n in buckets.items()],
+        "devices": _ranked(devices, "device"),
+        "countries": _ranked(countries, "country"),
+    }

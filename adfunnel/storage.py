@@ -197,30 +197,61 @@ async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
 
 @dataclass(frozen=True, slots=True)
 class EventFilters:
-    """Filters of the events report; `start` inclusive, `end` exclusive, on event time."""
+    """Report filters; `start` inclusive, `end` exclusive, on event time."""
 
     start: datetime | None = None
     end: datetime | None = None
     source: str | None = None
     funnel_stage: str | None = None
     event_type: str | None = None
+    campaign_id: str | None = None
 
 
-def where_clause(filters: EventFilters) -> tuple[str, list[Any]]:
-    """A parameterized WHERE clause for the filters."""
-    conditions: list[str] = []
+# Revenue = purchaseAmount of Facebook checkout.complete and TikTok purchase (SPEC §4).
+REVENUE_CONDITION = (
+    "((source = 'facebook' AND event_type = 'checkout.complete')"
+    " OR (source = 'tiktok' AND event_type = 'purchase')) AND purchase_amount IS NOT NULL"
+)
+# Latest event per user: newest event time; ties go to the copy received last.
+_LATEST_ORDER = "ORDER BY user_id, event_time DESC, received_at DESC, event_id DESC"
+AGE_BUCKETS = ("0-12", "13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+_AGE_BUCKET_SQL = (
+    "CASE WHEN age < 13 THEN '0-12' WHEN age < 18 THEN '13-17' WHEN age < 25 THEN '18-24'"
+    " WHEN age < 35 THEN '25-34' WHEN age < 45 THEN '35-44' WHEN age < 55 THEN '45-54'"
+    " WHEN age < 65 THEN '55-64' ELSE '65+' END"
+)
+FOLLOWER_BUCKETS = ("0-999", "1000-9999", "10000-99999", "100000-999999", "1000000+")
+_FOLLOWER_BUCKET_SQL = (
+    "CASE WHEN followers < 1000 THEN '0-999' WHEN followers < 10000 THEN '1000-9999'"
+    " WHEN followers < 100000 THEN '10000-99999' WHEN followers < 1000000 THEN '100000-999999'"
+    " ELSE '1000000+' END"
+)
+
+
+def where_clause(
+    filters: EventFilters, *extra: str, time_column: str = "event_time"
+) -> tuple[str, list[Any]]:
+    """A parameterized WHERE clause for the filters, plus fixed `extra` conditions."""
+    conditions: list[str] = list(extra)
     params: list[Any] = []
     for column, op, value in (
-        ("event_time", ">=", filters.start),
-        ("event_time", "<", filters.end),
+        (time_column, ">=", filters.start),
+        (time_column, "<", filters.end),
         ("source", "=", filters.source),
         ("funnel_stage", "=", filters.funnel_stage),
         ("event_type", "=", filters.event_type),
+        ("campaign_id", "=", filters.campaign_id),
     ):
         if value is not None:
             params.append(value)
             conditions.append(f"{column} {op} ${len(params)}")
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
+
+
+def _bucket_sql(interval: str, column: str = "event_time") -> str:
+    if interval not in ("minute", "hour", "day"):
+        raise ValueError(f"unknown interval {interval!r}")
+    return f"date_trunc('{interval}', {column} AT TIME ZONE 'UTC')"
 
 
 async def event_breakdown(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
@@ -235,14 +266,103 @@ async def event_breakdown(conn: Conn, filters: EventFilters) -> list[asyncpg.Rec
 
 async def event_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
     """Counts per UTC time bucket (`minute`, `hour` or `day`), empty buckets omitted."""
-    if interval not in ("minute", "hour", "day"):
-        raise ValueError(f"unknown interval {interval!r}")
     where, params = where_clause(filters)
     return await conn.fetch(
-        f"SELECT date_trunc('{interval}', event_time AT TIME ZONE 'UTC') AS bucket,"
-        f" count(*) AS count FROM events{where} GROUP BY 1 ORDER BY 1",
+        f"SELECT {_bucket_sql(interval)} AS bucket, count(*) AS count"
+        f" FROM events{where} GROUP BY 1 ORDER BY 1",
         *params,
     )
+
+
+async def revenue_groups(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """Exact revenue and transactions per (source, campaign) under the filters."""
+    where, params = where_clause(filters, REVENUE_CONDITION)
+    return await conn.fetch(
+        "SELECT source, campaign_id, sum(purchase_amount) AS revenue, count(*) AS transactions"
+        f" FROM events{where} GROUP BY 1, 2",
+        *params,
+    )
+
+
+async def revenue_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
+    """Revenue and transactions per UTC time bucket, empty buckets omitted."""
+    where, params = where_clause(filters, REVENUE_CONDITION)
+    return await conn.fetch(
+        f"SELECT {_bucket_sql(interval)} AS bucket, sum(purchase_amount) AS revenue,"
+        f" count(*) AS transactions FROM events{where} GROUP BY 1 ORDER BY 1",
+        *params,
+    )
+
+
+async def facebook_demographics(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """Distinct Facebook users in range by their latest attributes, as grouping sets.
+
+    Rows with `grouping` 0b1111 are the total; the others carry one of: age bucket,
+    gender, country, or (country, city).
+    """
+    where, params = where_clause(EventFilters(filters.start, filters.end), "source = 'facebook'")
+    return await conn.fetch(
+        "WITH latest AS (SELECT DISTINCT ON (user_id) user_id, age, gender, country, city"
+        f" FROM events{where} {_LATEST_ORDER})"
+        f" SELECT {_AGE_BUCKET_SQL} AS age_bucket, gender, country, city,"
+        f" GROUPING({_AGE_BUCKET_SQL}, gender, country, city) AS grouping, count(*) AS users"
+        f" FROM latest GROUP BY GROUPING SETS (({_AGE_BUCKET_SQL}), (gender), (country),"
+        " (country, city), ())",
+        *params,
+    )
+
+
+async def tiktok_followers(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """Distinct TikTok users in range by their latest follower count: stats and buckets.
+
+    The row whose `bucket` is NULL carries the totals (users, min, max, avg, median).
+    """
+    where, params = where_clause(EventFilters(filters.start, filters.end), "source = 'tiktok'")
+    return await conn.fetch(
+        "WITH latest AS (SELECT DISTINCT ON (user_id) user_id, followers"
+        f" FROM events{where} {_LATEST_ORDER})"
+        f" SELECT {_FOLLOWER_BUCKET_SQL} AS bucket, count(*) AS users,"
+        " min(followers) AS min, max(followers) AS max, avg(followers) AS avg,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY followers) AS median"
+        f" FROM latest GROUP BY GROUPING SETS (({_FOLLOWER_BUCKET_SQL}), ())",
+        *params,
+    )
+
+
+async def tiktok_engagement(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """Distinct TikTok users by device and by country of their latest top-funnel event."""
+    where, params = where_clause(
+        EventFilters(filters.start, filters.end), "source = 'tiktok'", "funnel_stage = 'top'"
+    )
+    return await conn.fetch(
+        "WITH latest AS (SELECT DISTINCT ON (user_id) user_id, device, country"
+        f" FROM events{where} {_LATEST_ORDER})"
+        " SELECT device, country, GROUPING(device, country) AS grouping, count(*) AS users"
+        " FROM latest GROUP BY GROUPING SETS ((device), (country))",
+        *params,
+    )
+
+
+async def rejected_summary(
+    conn: Conn, filters: EventFilters, *, reasons: int, samples: int
+) -> tuple[int, list[asyncpg.Record], list[asyncpg.Record]]:
+    """Total, counts by reason (most frequent first) and the newest samples, by receipt time."""
+    where, params = where_clause(
+        EventFilters(filters.start, filters.end), time_column="received_at"
+    )
+    total = await conn.fetchval(f"SELECT count(*) FROM rejected_events{where}", *params)
+    by_reason = await conn.fetch(
+        f"SELECT reason, count(*) AS count FROM rejected_events{where}"
+        f" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(reasons)}",
+        *params,
+    )
+    newest = await conn.fetch(
+        "SELECT received_at, reason, correlation_id,"
+        " coalesce(payload, to_jsonb(raw)) AS payload"
+        f" FROM rejected_events{where} ORDER BY received_at DESC, id DESC LIMIT {int(samples)}",
+        *params,
+    )
+    return int(total), list(by_reason), list(newest)
 
 
 async def stored_counts(conn: Conn) -> tuple[int, int]:
