@@ -7,6 +7,7 @@ in the rejected store with its reason and the rest of its batch is still stored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ log = structlog.get_logger("adfunnel.writer")
 # SQLSTATE classes that say "try again later" rather than "this data is bad":
 # connection, resources, operator intervention, transaction rollback, system error.
 _TRANSIENT_CLASSES = ("08", "53", "57", "40", "58", "XX")
+_CONFLICT_RETRIES = 3
 
 
 def is_transient(error: BaseException) -> bool:
@@ -152,7 +154,7 @@ class Writer:
         decoded = [decode(delivery) for delivery in deliveries]
         pool = await self._connection_pool()
         try:
-            result = await self._write_all(pool, decoded)
+            result = await self._write_retrying(pool, decoded)
         except Exception as error:
             if is_transient(error):
                 raise StorageUnavailable(f"write failed: {error!r}") from error
@@ -171,6 +173,18 @@ class Writer:
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return result
+
+    async def _write_retrying(self, pool: asyncpg.Pool, decoded: Sequence[Decoded]) -> WriteResult:
+        # A deadlock or serialization failure aborts one of two transactions; trying the
+        # loser again at once is cheaper than a nak and a redelivery.
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                return await self._write_all(pool, decoded)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == _CONFLICT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _write_all(self, pool: asyncpg.Pool, decoded: Sequence[Decoded]) -> WriteResult:
         events = [event for one in decoded for event in one.events]

@@ -13,7 +13,7 @@ import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -248,50 +248,225 @@ def where_clause(
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
-def _bucket_sql(interval: str, column: str = "event_time") -> str:
-    if interval not in ("minute", "hour", "day"):
-        raise ValueError(f"unknown interval {interval!r}")
-    return f"date_trunc('{interval}', {column} AT TIME ZONE 'UTC')"
+GRAINS = ("day", "hour", "minute")
+_STEP = {"day": timedelta(days=1), "hour": timedelta(hours=1), "minute": timedelta(minutes=1)}
+Segment = tuple[datetime | None, datetime | None]
+
+
+def _floor(moment: datetime, grain: str) -> datetime:
+    moment = moment.astimezone(UTC)
+    if grain == "day":
+        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if grain == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(second=0, microsecond=0)
+
+
+def _ceil(moment: datetime, grain: str) -> datetime:
+    floor = _floor(moment, grain)
+    return floor if floor == moment else floor + _STEP[grain]
+
+
+def plan_segments(
+    start: datetime | None, end: datetime | None, grains: Sequence[str] = GRAINS
+) -> dict[str, list[Segment]]:
+    """Cover [start, end) with whole buckets of the coarsest grains that fit, finer grains
+    towards the edges, and raw rows (key "raw") for what is left of a minute at each end."""
+    plan: dict[str, list[Segment]] = {grain: [] for grain in (*grains, "raw")}
+
+    def cover(lo: datetime | None, hi: datetime | None, level: int) -> None:
+        if lo is not None and hi is not None and lo >= hi:
+            return
+        if level == len(grains):
+            plan["raw"].append((lo, hi))
+            return
+        grain = grains[level]
+        a = _ceil(lo, grain) if lo is not None else None
+        b = _floor(hi, grain) if hi is not None else None
+        if a is not None and b is not None and a >= b:
+            cover(lo, hi, level + 1)
+            return
+        plan[grain].append((a, b))
+        if lo is not None and a is not None:
+            cover(lo, a, level + 1)
+        if hi is not None and b is not None:
+            cover(b, hi, level + 1)
+
+    cover(start, end, 0)
+    return plan
+
+
+def _grains_for(interval: str | None) -> tuple[str, ...]:
+    # A series bucket must never be coarser than the rollup rows it is built from.
+    return GRAINS if interval is None else GRAINS[GRAINS.index(interval) :]
+
+
+class _Params:
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _segment_condition(column: str, segments: list[Segment], params: _Params) -> str:
+    parts = []
+    for lo, hi in segments:
+        bounds = []
+        if lo is not None:
+            bounds.append(f"{column} >= {params.add(lo)}")
+        if hi is not None:
+            bounds.append(f"{column} < {params.add(hi)}")
+        parts.append("(" + " AND ".join(bounds) + ")" if bounds else "TRUE")
+    return "(" + " OR ".join(parts) + ")"
+
+
+def _filter_conditions(filters: EventFilters, params: _Params) -> list[str]:
+    conditions = []
+    for column, value in (
+        ("source", filters.source),
+        ("funnel_stage", filters.funnel_stage),
+        ("event_type", filters.event_type),
+        ("campaign_id", filters.campaign_id),
+    ):
+        if value is not None:
+            conditions.append(f"{column} = {params.add(value)}")
+    return conditions
+
+
+def _union(
+    filters: EventFilters,
+    params: _Params,
+    *,
+    interval: str | None,
+    rollup_columns: str,
+    raw_columns: str,
+    extra: str | None = None,
+) -> str:
+    """Rollup rows for whole buckets and raw rows for the edges, as one UNION ALL."""
+    plan = plan_segments(filters.start, filters.end, _grains_for(interval))
+    parts = []
+    for grain, segments in plan.items():
+        if not segments:
+            continue
+        rollup = grain != "raw"
+        conditions = [
+            _segment_condition("bucket" if rollup else "event_time", segments, params),
+            *_filter_conditions(filters, params),
+        ]
+        if extra:
+            conditions.append(extra)
+        table = f"event_rollup_{grain}" if rollup else "events"
+        columns = rollup_columns if rollup else raw_columns
+        parts.append(f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)}")
+    return " UNION ALL ".join(parts)
 
 
 async def event_breakdown(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
     """Counts per (source, funnel stage, event type) under the filters."""
-    where, params = where_clause(filters)
-    return await conn.fetch(
-        "SELECT source, funnel_stage, event_type, count(*) AS count FROM events"
-        f"{where} GROUP BY 1, 2, 3 ORDER BY count DESC, 1, 2, 3",
-        *params,
+    params = _Params()
+    union = _union(
+        filters,
+        params,
+        interval=None,
+        rollup_columns="source, funnel_stage, event_type, events AS n",
+        raw_columns="source, funnel_stage, event_type, 1 AS n",
     )
+    return await conn.fetch(
+        "SELECT source, funnel_stage, event_type, sum(n)::bigint AS count"
+        f" FROM ({union}) x GROUP BY 1, 2, 3 HAVING sum(n) > 0 ORDER BY count DESC, 1, 2, 3",
+        *params.values,
+    )
+
+
+def _bucket_of(interval: str, column: str) -> str:
+    if interval not in GRAINS:
+        raise ValueError(f"unknown interval {interval!r}")
+    return f"date_trunc('{interval}', {column} AT TIME ZONE 'UTC') AS b"
 
 
 async def event_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
     """Counts per UTC time bucket (`minute`, `hour` or `day`), empty buckets omitted."""
-    where, params = where_clause(filters)
-    return await conn.fetch(
-        f"SELECT {_bucket_sql(interval)} AS bucket, count(*) AS count"
-        f" FROM events{where} GROUP BY 1 ORDER BY 1",
-        *params,
+    params = _Params()
+    union = _union(
+        filters,
+        params,
+        interval=interval,
+        rollup_columns=f"{_bucket_of(interval, 'bucket')}, events AS n",
+        raw_columns=f"{_bucket_of(interval, 'event_time')}, 1 AS n",
     )
+    return await conn.fetch(
+        f"SELECT b AS bucket, sum(n)::bigint AS count FROM ({union}) x"
+        " GROUP BY 1 HAVING sum(n) > 0 ORDER BY 1",
+        *params.values,
+    )
+
+
+_REVENUE_TYPES = (
+    "((source = 'facebook' AND event_type = 'checkout.complete')"
+    " OR (source = 'tiktok' AND event_type = 'purchase'))"
+)
 
 
 async def revenue_groups(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
     """Exact revenue and transactions per (source, campaign) under the filters."""
-    where, params = where_clause(filters, REVENUE_CONDITION)
+    params = _Params()
+    union = _union(
+        filters,
+        params,
+        interval=None,
+        rollup_columns="source, NULLIF(campaign_id, '') AS campaign_id, revenue, transactions",
+        raw_columns="source, campaign_id, purchase_amount AS revenue, 1 AS transactions",
+        extra=_REVENUE_TYPES,
+    )
     return await conn.fetch(
-        "SELECT source, campaign_id, sum(purchase_amount) AS revenue, count(*) AS transactions"
-        f" FROM events{where} GROUP BY 1, 2",
-        *params,
+        "SELECT source, campaign_id, sum(revenue) AS revenue,"
+        " sum(transactions)::bigint AS transactions"
+        f" FROM ({union}) x WHERE revenue IS NOT NULL"
+        " GROUP BY 1, 2 HAVING sum(transactions) > 0",
+        *params.values,
     )
 
 
 async def revenue_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
     """Revenue and transactions per UTC time bucket, empty buckets omitted."""
-    where, params = where_clause(filters, REVENUE_CONDITION)
-    return await conn.fetch(
-        f"SELECT {_bucket_sql(interval)} AS bucket, sum(purchase_amount) AS revenue,"
-        f" count(*) AS transactions FROM events{where} GROUP BY 1 ORDER BY 1",
-        *params,
+    params = _Params()
+    union = _union(
+        filters,
+        params,
+        interval=interval,
+        rollup_columns=f"{_bucket_of(interval, 'bucket')}, revenue, transactions",
+        raw_columns=f"{_bucket_of(interval, 'event_time')}, purchase_amount AS revenue,"
+        " 1 AS transactions",
+        extra=_REVENUE_TYPES,
     )
+    return await conn.fetch(
+        "SELECT b AS bucket, sum(revenue) AS revenue, sum(transactions)::bigint AS transactions"
+        f" FROM ({union}) x WHERE revenue IS NOT NULL GROUP BY 1 HAVING sum(transactions) > 0"
+        " ORDER BY 1",
+        *params.values,
+    )
+
+
+async def rollup_mismatches(conn: Conn) -> list[asyncpg.Record]:
+    """Rollup rows that disagree with the raw rows (none, unless something is broken)."""
+    mismatches: list[asyncpg.Record] = []
+    for grain in GRAINS:
+        mismatches += await conn.fetch(
+            "WITH raw AS (SELECT date_trunc($1, event_time AT TIME ZONE 'UTC')"
+            " AT TIME ZONE 'UTC' AS bucket, source, funnel_stage, event_type,"
+            " coalesce(campaign_id, '') AS campaign_id, count(*) AS events,"
+            f" coalesce(sum(purchase_amount) FILTER (WHERE {REVENUE_CONDITION}), 0) AS revenue,"
+            f" count(*) FILTER (WHERE {REVENUE_CONDITION}) AS transactions"
+            " FROM events GROUP BY 1, 2, 3, 4, 5),"
+            f" rolled AS (SELECT * FROM event_rollup_{grain} WHERE events <> 0"
+            " OR revenue <> 0 OR transactions <> 0)"
+            " SELECT $1 AS grain, * FROM ((TABLE raw EXCEPT TABLE rolled)"
+            " UNION ALL (TABLE rolled EXCEPT TABLE raw)) diff",
+            grain,
+        )
+    return mismatches
 
 
 async def facebook_demographics(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:

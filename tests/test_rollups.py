@@ -1,0 +1,113 @@
+"""Rollups: the range plan covers every instant exactly once, and the rollup tables always
+agree with the raw rows (inserts, earliest-copy replacements, deletes, concurrent writers)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adfunnel import storage
+from adfunnel.generator import Generator
+from adfunnel.schema import event_row
+from adfunnel.storage import GRAINS, StagedEvent, plan_segments
+
+BASE = datetime(2026, 11, 20, tzinfo=UTC)
+moments = st.integers(min_value=0, max_value=10 * 86_400 * 1000).map(
+    lambda ms: BASE + timedelta(milliseconds=ms)
+)
+STEP = {"day": timedelta(days=1), "hour": timedelta(hours=1), "minute": timedelta(minutes=1)}
+
+
+def covered(plan: dict[str, list[storage.Segment]], probe: datetime) -> int:
+    hits = 0
+    for segments in plan.values():
+        for lo, hi in segments:
+            if (lo is None or probe >= lo) and (hi is None or probe < hi):
+                hits += 1
+    return hits
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.none() | moments,
+    end=st.none() | moments,
+    grains=st.sampled_from([GRAINS, GRAINS[1:], GRAINS[2:]]),
+    probes=st.lists(moments, min_size=5, max_size=20),
+)
+def test_the_plan_covers_the_range_exactly_once(
+    start: datetime | None, end: datetime | None, grains: tuple[str, ...], probes: list[datetime]
+) -> None:
+    plan = plan_segments(start, end, grains)
+    for probe in [*probes, *(m for m in (start, end) if m)]:
+        inside = (start is None or probe >= start) and (end is None or probe < end)
+        assert covered(plan, probe) == (1 if inside else 0), (probe, plan)
+    for grain in grains:
+        for lo, hi in plan[grain]:
+            for bound in (lo, hi):
+                assert bound is None or storage._floor(bound, grain) == bound
+    # Raw rows are read only for less than a minute at each end of the range.
+    raw = plan["raw"]
+    assert all(lo is not None and hi is not None for lo, hi in raw)
+    assert sum((hi - lo for lo, hi in raw if lo and hi), timedelta()) < timedelta(minutes=2)
+    assert set(plan) == {*grains, "raw"}
+
+
+def test_no_bounds_read_only_the_coarsest_rollup() -> None:
+    assert plan_segments(None, None) == {"day": [(None, None)], "hour": [], "minute": [], "raw": []}
+
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def staged(payload: dict[str, object], received: datetime, seq: int) -> StagedEvent:
+    return StagedEvent(event_row(payload), orjson.dumps(payload).decode(), "c", received, seq)
+
+
+@pytest.mark.integration
+async def test_rollups_agree_with_raw_rows_under_concurrent_writers(database: str) -> None:
+    pool = await storage.create_pool(database, size=4)
+    async with pool.acquire() as conn:
+        await storage.migrate(conn)
+    rng = random.Random(7)
+    generator = Generator(seed=7)
+    events = [
+        generator.event(at=BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
+        for _ in range(4_000)
+    ]
+    # Re-sends with other content and an earlier receipt time replace stored copies.
+    changed = []
+    for event in rng.sample(events, 400):
+        other = generator.event(at=BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
+        other["eventId"] = event["eventId"]
+        changed.append(other)
+    late = BASE + timedelta(days=5)
+
+    async def write(batch: list[StagedEvent]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await storage.insert_events(conn, batch)
+
+    batches = [
+        [staged(e, late + timedelta(seconds=i), i) for i, e in enumerate(events[k : k + 500])]
+        for k in range(0, len(events), 500)
+    ] + [
+        [staged(e, BASE, i) for i, e in enumerate(changed[k : k + 100])] for k in range(0, 400, 100)
+    ]
+    rng.shuffle(batches)
+    for start in range(0, len(batches), 4):  # four writers at a time
+        await asyncio.gather(*(write(batch) for batch in batches[start : start + 4]))
+    async with pool.acquire() as conn:
+        assert await storage.rollup_mismatches(conn) == []
+        deleted = await conn.execute(
+            "DELETE FROM events WHERE event_id = ANY($1)", [e["eventId"] for e in events[:300]]
+        )
+        assert deleted == "DELETE 300"
+        assert await storage.rollup_mismatches(conn) == []
+        total = await conn.fetchval("SELECT sum(events) FROM event_rollup_day")
+        assert total == await conn.fetchval("SELECT count(*) FROM events") == 3_700
+    await pool.close()
