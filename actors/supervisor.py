@@ -26,7 +26,6 @@ from adfunnel.settings import Settings
 
 log = structlog.get_logger("adfunnel.supervisor")
 
-EMBEDDED_DATABASE = "adfunnel"
 ACTOR_NAMESPACE = "adfunnel"
 WRITER_CPUS = 0.2
 CONSUMER_CPUS = 0.1
@@ -73,8 +72,8 @@ class Supervisor:
             server = await asyncio.to_thread(embedded.start_postgres, data_dir)
             self._servers.append(server)
             await storage.wait_for_database(server.url)
-            await storage.ensure_database(server.url, EMBEDDED_DATABASE)
-            database_url = server.url.rsplit("/", 1)[0] + f"/{EMBEDDED_DATABASE}"
+            await storage.ensure_database(server.url, embedded.DATABASE)
+            database_url = server.url.rsplit("/", 1)[0] + f"/{embedded.DATABASE}"
         self.endpoints_ = Endpoints(nats_url, database_url)
         await storage.wait_for_database(database_url)
         conn = await asyncpg.connect(database_url)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import asyncpg
 
-from adfunnel import embedded, storage
+from adfunnel import bench_reports, embedded, storage
 from adfunnel.seed import SeedPlan, seed
 from adfunnel.settings import Settings
 
@@ -38,27 +40,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _database(explicit: str | None) -> Iterator[str]:
+    """The database to work on: explicit, else DATABASE_URL, else the embedded one on
+    DATA_DIR (started here, so the system itself must not be running)."""
+    settings = Settings()
+    url = explicit or settings.database_url
+    if url is not None:
+        yield url
+        return
+    server = embedded.start_postgres(settings.data_dir.resolve())
+    try:
+        asyncio.run(storage.wait_for_database(server.url))
+        asyncio.run(storage.ensure_database(server.url, embedded.DATABASE))
+        yield server.url.rsplit("/", 1)[0] + f"/{embedded.DATABASE}"
+    finally:
+        server.stop()
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     """Load N realistic events straight into PostgreSQL (through the writers' storage path)."""
-    settings = Settings()
-    database_url = args.database_url or settings.database_url
-    server = None
-    if database_url is None:
-        # The system's embedded PostgreSQL on DATA_DIR: the system must not be running.
-        server = embedded.start_postgres(settings.data_dir.resolve())
-        asyncio.run(storage.wait_for_database(server.url))
-        asyncio.run(storage.ensure_database(server.url, "adfunnel"))
-        database_url = server.url.rsplit("/", 1)[0] + "/adfunnel"
     plan = SeedPlan(events=args.events, days=args.days, seed=args.seed, batch=args.batch)
-    try:
+    with _database(args.database_url) as database_url:
         result = asyncio.run(seed(database_url, plan))
-    finally:
-        if server is not None:
-            server.stop()
     print(
         f"seeded {result.sent:,} events ({result.stored:,} new rows) over {plan.days:g} days"
         f" in {result.seconds:.1f} s: {result.events_per_s:,.0f} events/s"
     )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks; `reports`: report latency per category vs the naive GROUP BY."""
+    with _database(args.database_url) as database_url:
+        bench_reports.main(database_url, samples=args.samples, seed=args.seed, json_path=args.json)
     return 0
 
 
@@ -116,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     seeding.add_argument("--batch", type=int, default=20_000, help="events per transaction")
     seeding.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
     seeding.set_defaults(run=cmd_seed)
+    bench = commands.add_parser("bench", help=cmd_bench.__doc__)
+    bench.add_argument("what", choices=["reports"])
+    bench.add_argument("--samples", type=int, default=100, help="filter combinations")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--json", type=Path, help="also write the figures here")
+    bench.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
+    bench.set_defaults(run=cmd_bench)
     run = commands.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("config", nargs="?", default="config.yaml")
     run.set_defaults(run=cmd_run)

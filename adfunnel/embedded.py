@@ -27,6 +27,7 @@ from pathlib import Path
 from adfunnel.errors import EmbeddedServerError
 
 _HOST = "127.0.0.1"
+DATABASE = "adfunnel"  # the project's database on the embedded server
 _PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's convention
 
 

@@ -577,3 +577,49 @@ async def ensure_database(server_dsn: str, name: str) -> None:
                 await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+# The same answers straight from the raw rows: the baseline `adfunnel bench reports`
+# compares against, and a second opinion on the rollup path.
+async def naive_event_breakdown(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """`event_breakdown` computed by GROUP BY over the raw rows."""
+    where, params = where_clause(filters)
+    return await conn.fetch(
+        "SELECT source, funnel_stage, event_type, count(*) AS count FROM events"
+        f"{where} GROUP BY 1, 2, 3 ORDER BY count DESC, 1, 2, 3",
+        *params,
+    )
+
+
+async def naive_event_series(
+    conn: Conn, filters: EventFilters, interval: str
+) -> list[asyncpg.Record]:
+    """`event_series` computed by GROUP BY over the raw rows."""
+    where, params = where_clause(filters)
+    return await conn.fetch(
+        f"SELECT {_bucket_of(interval, 'event_time')}, count(*) AS count"
+        f" FROM events{where} GROUP BY 1 ORDER BY 1",
+        *params,
+    )
+
+
+async def naive_revenue_groups(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """`revenue_groups` computed by GROUP BY over the raw rows."""
+    where, params = where_clause(filters, REVENUE_CONDITION)
+    return await conn.fetch(
+        "SELECT source, campaign_id, sum(purchase_amount) AS revenue, count(*) AS transactions"
+        f" FROM events{where} GROUP BY 1, 2",
+        *params,
+    )
+
+
+async def naive_revenue_series(
+    conn: Conn, filters: EventFilters, interval: str
+) -> list[asyncpg.Record]:
+    """`revenue_series` computed by GROUP BY over the raw rows."""
+    where, params = where_clause(filters, REVENUE_CONDITION)
+    return await conn.fetch(
+        f"SELECT {_bucket_of(interval, 'event_time')}, sum(purchase_amount) AS revenue,"
+        f" count(*) AS transactions FROM events{where} GROUP BY 1 ORDER BY 1",
+        *params,
+    )

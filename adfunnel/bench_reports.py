@@ -1,0 +1,187 @@
+"""`adfunnel bench reports`: report latency per category over a mix of filters, side by side
+with the naive GROUP BY over the raw rows, in the same run on the same database.
+
+It times the reporter's own storage functions (the SQL the endpoints run), not HTTP, so
+the figures are the database work; Serve adds a few milliseconds per request on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adfunnel import storage
+from adfunnel.schema import EVENT_TYPES, SOURCES
+from adfunnel.storage import EventFilters
+
+if TYPE_CHECKING:
+    from adfunnel.storage import Conn
+
+    Query = Callable[[Conn], Awaitable[Any]]
+
+
+@dataclass
+class Timings:
+    """Latencies of one category, optimized and naive, in milliseconds."""
+
+    optimized: list[float] = field(default_factory=list)
+    naive: list[float] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def _window(rng: random.Random, first: datetime, last: datetime) -> tuple[Any, Any]:
+    span = (last - first).total_seconds()
+    shape = rng.random()
+    if shape < 0.1:
+        return None, None
+    length = timedelta(seconds=rng.choice([60, 600, 3_600, 6 * 3_600, 86_400, 3 * 86_400]))
+    length *= rng.uniform(0.5, 1.5)
+    start = first + timedelta(seconds=rng.uniform(0, max(1.0, span - length.total_seconds())))
+    start += timedelta(microseconds=rng.randrange(1_000_000))  # arbitrary seconds
+    end = start + length
+    if shape < 0.2:
+        return start, None
+    if shape < 0.3:
+        return None, end
+    return start, end
+
+
+def event_mix(rng: random.Random, first: datetime, last: datetime) -> tuple[EventFilters, Any]:
+    """Random filters of the events report, and an interval (or None)."""
+    start, end = _window(rng, first, last)
+    source = rng.choice([None, *SOURCES])
+    stage = rng.choice([None, "top", "bottom"])
+    event_type = None
+    if rng.random() < 0.4:
+        sources = [source] if source else list(SOURCES)
+        stages = [stage] if stage else ["top", "bottom"]
+        event_type = rng.choice([t for s in sources for g in stages for t in EVENT_TYPES[s][g]])
+    short = start is not None and end is not None and end - start <= timedelta(days=2)
+    interval = rng.choice([None, None, "hour", "day", *(["minute"] if short else [])])
+    return EventFilters(start, end, source, stage, event_type), interval
+
+
+def revenue_mix(
+    rng: random.Random, first: datetime, last: datetime, campaigns: list[str]
+) -> tuple[EventFilters, Any]:
+    """Random filters of the revenue report, and an interval (or None)."""
+    base, interval = event_mix(rng, first, last)
+    campaign = rng.choice([None, None, *campaigns]) if campaigns else None
+    return EventFilters(base.start, base.end, base.source, campaign_id=campaign), interval
+
+
+async def _timed(conn: Conn, query: Query) -> float:
+    started = time.perf_counter()
+    await query(conn)
+    return (time.perf_counter() - started) * 1000
+
+
+async def run(database_url: str, *, samples: int, seed: int) -> dict[str, Timings]:
+    """Time every category over `samples` filter combinations (demographics: fewer)."""
+    rng = random.Random(seed)
+    pool = await storage.create_pool(database_url, size=1)
+    results = {name: Timings() for name in ("events", "revenue", "demographics")}
+    async with pool.acquire() as conn:
+        first = await conn.fetchval("SELECT min(bucket) FROM event_rollup_day")
+        last = await conn.fetchval("SELECT max(bucket) FROM event_rollup_day")
+        if first is None:
+            raise SystemExit("no events stored: run `adfunnel seed --events N` first")
+        last += timedelta(days=1)
+        campaigns = [
+            r["campaign_id"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT campaign_id FROM event_rollup_day WHERE campaign_id <> ''"
+            )
+        ]
+        for _ in range(samples):
+            filters, interval = event_mix(rng, first, last)
+            await _pair(conn, results["events"], filters, interval, events=True)
+            filters, interval = revenue_mix(rng, first, last, campaigns)
+            await _pair(conn, results["revenue"], filters, interval, events=False)
+        for _ in range(max(3, samples // 5)):
+            filters, _ = event_mix(rng, first, last)
+
+            async def demographics(c: Conn, f: EventFilters = filters) -> None:
+                await storage.facebook_demographics(c, f)
+                await storage.tiktok_followers(c, f)
+                await storage.tiktok_engagement(c, f)
+
+            results["demographics"].optimized.append(await _timed(conn, demographics))
+    await pool.close()
+    return results
+
+
+async def _pair(
+    conn: Conn, timings: Timings, filters: EventFilters, interval: str | None, *, events: bool
+) -> None:
+    if events:
+        main, main_series = storage.event_breakdown, storage.event_series
+        naive, naive_series = storage.naive_event_breakdown, storage.naive_event_series
+    else:
+        main, main_series = storage.revenue_groups, storage.revenue_series
+        naive, naive_series = storage.naive_revenue_groups, storage.naive_revenue_series
+
+    async def optimized(c: Conn) -> None:
+        await main(c, filters)
+        if interval:
+            await main_series(c, filters, interval)
+
+    async def baseline(c: Conn) -> None:
+        await naive(c, filters)
+        if interval:
+            await naive_series(c, filters, interval)
+
+    timings.optimized.append(await _timed(conn, optimized))
+    timings.naive.append(await _timed(conn, baseline))
+
+
+def table(results: dict[str, Timings]) -> tuple[str, dict[str, Any]]:
+    """A printable table and the same figures as a dict."""
+    lines = [
+        "| category | queries | p50 ms | p95 ms | p99 ms | naive p50 ms | naive p95 ms"
+        " | naive p99 ms | p95 ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    figures: dict[str, Any] = {}
+    for name, timings in results.items():
+        row = {f"p{q}_ms": round(percentile(timings.optimized, q), 1) for q in (50, 95, 99)}
+        row["queries"] = len(timings.optimized)
+        if timings.naive:
+            row |= {f"naive_p{q}_ms": round(percentile(timings.naive, q), 1) for q in (50, 95, 99)}
+            row["p95_ratio"] = round(row["naive_p95_ms"] / max(row["p95_ms"], 0.001), 1)
+        figures[name] = row
+        naive = (
+            f"{row['naive_p50_ms']} | {row['naive_p95_ms']} | {row['naive_p99_ms']}"
+            f" | {row['p95_ratio']}x"
+            if timings.naive
+            else "same query | | | 1x"
+        )
+        lines.append(
+            f"| {name} | {row['queries']} | {row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']}"
+            f" | {naive} |"
+        )
+    figures["mean_ms"] = {k: round(statistics.mean(v.optimized), 1) for k, v in results.items()}
+    return "\n".join(lines), figures
+
+
+def main(database_url: str, *, samples: int, seed: int, json_path: Path | None) -> None:
+    """Run, print the table, optionally write JSON."""
+    results = asyncio.run(run(database_url, samples=samples, seed=seed))
+    text, figures = table(results)
+    print(text)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2))

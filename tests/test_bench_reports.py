@@ -1,0 +1,35 @@
+"""`adfunnel bench reports` runs end to end on a small seeded database (no timings asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from adfunnel import bench_reports
+from adfunnel.bench_reports import Timings, percentile, table
+from adfunnel.seed import SeedPlan, seed
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_table_has_a_row_per_category_and_the_ratio() -> None:
+    text, figures = table(
+        {"events": Timings([1.0, 2.0], [10.0, 20.0]), "demographics": Timings([5.0], [])}
+    )
+    assert "| events | 2 |" in text and "| demographics | 1 |" in text
+    assert figures["events"]["p95_ratio"] == 10.0
+    assert "naive_p95_ms" not in figures["demographics"]
+
+
+@pytest.mark.integration
+async def test_the_bench_runs_on_a_seeded_database(database: str) -> None:
+    await seed(database, SeedPlan(events=3_000, days=1, seed=5, batch=1_000))
+    results = await bench_reports.run(database, samples=4, seed=2)
+    assert len(results["events"].optimized) == len(results["events"].naive) == 4
+    assert len(results["revenue"].optimized) == 4
+    assert len(results["demographics"].optimized) == 3
