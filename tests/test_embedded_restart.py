@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from adfunnel.generator import Generator
+from adfunnel.generator import CAMPAIGN_IDS, Generator
 from adfunnel.testing import db_fetch, deploy, undeploy, unique_names, wait_until
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,33 @@ def mixed_posts(seed: int, total: int) -> tuple[list[Any], dict[str, str], int]:
     return posts, first_cid, len({e["eventId"] for e in sent_valid})
 
 
+def snapshot_reports(client: httpx.Client, now: datetime) -> list[Any]:
+    """Every report under a dozen filter combinations, at fixed filter times."""
+    hour_ago = (now - timedelta(hours=1, seconds=17)).isoformat()
+    day_ago = (now - timedelta(days=1)).isoformat()
+    queries: list[tuple[str, dict[str, str | int]]] = [
+        ("/reports/events", {}),
+        ("/reports/events", {"source": "facebook", "interval": "hour"}),
+        ("/reports/events", {"from": hour_ago, "interval": "minute"}),
+        ("/reports/events", {"source": "tiktok", "funnelStage": "top", "eventType": "like"}),
+        ("/reports/events", {"from": day_ago, "to": hour_ago, "interval": "day"}),
+        ("/reports/revenue", {}),
+        ("/reports/revenue", {"source": "tiktok", "interval": "hour"}),
+        ("/reports/revenue", {"campaignId": CAMPAIGN_IDS[0], "from": day_ago}),
+        ("/reports/demographics", {}),
+        ("/reports/demographics", {"source": "facebook", "from": hour_ago}),
+        ("/reports/demographics", {"source": "tiktok", "to": hour_ago}),
+        ("/reports/rejected", {"limit": 0}),
+    ]
+    answers = []
+    with client:
+        for path, params in queries:
+            response = client.get(path, params=params)
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+    return answers
+
+
 def test_mixed_traffic_then_restart_on_the_same_data(ray_cluster: str, tmp_path: Path) -> None:
     settings: dict[str, Any] = {
         "nats_url": None,
@@ -87,6 +115,8 @@ def test_mixed_traffic_then_restart_on_the_same_data(ray_cluster: str, tmp_path:
             ),
             what="rejected stored",
         )
+        taken_at = datetime.now(UTC)
+        reports_before = snapshot_reports(system.client(), taken_at)
         sample = random.Random(5).sample(sorted(first_cid), 100)
         with system.client() as client:
             for event_id in sample:
@@ -99,6 +129,7 @@ def test_mixed_traffic_then_restart_on_the_same_data(ray_cluster: str, tmp_path:
     system = deploy(ray_cluster, settings)
     try:
         assert system.total() == unique_valid
+        assert snapshot_reports(system.client(), taken_at) == reports_before
         with system.client() as client:
             for event_id in sample[:20]:
                 trace = client.get(f"/reports/events/{event_id}")
