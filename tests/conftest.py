@@ -78,9 +78,7 @@ def ray_cluster() -> Iterator[str]:
     ray.shutdown()
 
 
-@pytest.fixture
-def database(servers: Servers) -> Iterator[str]:
-    """A fresh database for one test, dropped afterwards."""
+def _fresh_database(servers: Servers) -> Iterator[str]:
     name = unique_database()
     run(storage.ensure_database(servers.postgres_url, name))
     yield servers.database_url(name)
@@ -93,6 +91,12 @@ def database(servers: Servers) -> Iterator[str]:
             await conn.close()
 
     run(drop())
+
+
+@pytest.fixture
+def database(servers: Servers) -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    yield from _fresh_database(servers)
 
 
 async def _delete_stream(nats_url: str, stream: str) -> None:
@@ -124,3 +128,22 @@ def system(ray_cluster: str, system_settings: dict[str, Any]) -> Iterator[Deploy
     deployed = deploy(ray_cluster, system_settings)
     yield deployed
     undeploy()
+
+
+@pytest.fixture(scope="module")
+def module_system(
+    ray_cluster: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployed]:
+    """One deployed pipeline shared by a module's tests that do not care about its state
+    (its own database and stream all the same)."""
+    for database_url in _fresh_database(servers):
+        settings: dict[str, Any] = {
+            "nats_url": servers.nats_url,
+            "database_url": database_url,
+            "data_dir": str(tmp_path_factory.mktemp("module-system")),
+            **unique_names(),
+        }
+        deployed = deploy(ray_cluster, settings)
+        yield deployed
+        undeploy()
+        run(_delete_stream(servers.nats_url, settings["nats_stream"]))

@@ -150,27 +150,6 @@ def test_events_report_total_honours_filters(system: Deployed) -> None:
     assert backwards.status_code == 400 and backwards.json()["message"].startswith("from")
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "code"),
-    [
-        (b"{not json", 400, "invalid_body"),
-        (b"42", 400, "invalid_body"),
-        (b'"text"', 400, "invalid_body"),
-        (b"", 400, "invalid_body"),
-        (b"[" + b",".join([b"{}"] * 50_001) + b"]", 413, "payload_too_large"),
-        (b'[{"a": NaN}]', 400, "invalid_body"),
-    ],
-)
-def test_bad_bodies(system: Deployed, body: bytes, status: int, code: str) -> None:
-    with system.client() as client:
-        response = client.post(
-            "/webhook", content=body, headers={"content-type": "application/json"}
-        )
-    assert response.status_code == status, response.text
-    assert response.json()["error"] == code
-    assert response.headers["x-correlation-id"]
-
-
 def test_a_killed_writer_loses_and_duplicates_nothing(system: Deployed) -> None:
     generator = Generator(seed=7)
     stream = system.settings["nats_stream"]
@@ -187,3 +166,25 @@ def test_a_killed_writer_loses_and_duplicates_nothing(system: Deployed) -> None:
     assert wait_for_total(system, len(sent), timeout=240) == len(sent)
     rows = stored(system, sent)
     assert len(rows) == len(sent) and {row["n"] for row in rows.values()} == {1}
+
+
+# Shares one deployment (module_system): keep these after every test that deploys its own.
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_body"),
+        (b"42", 400, "invalid_body"),
+        (b'"text"', 400, "invalid_body"),
+        (b"", 400, "invalid_body"),
+        (b"[" + b",".join([b"{}"] * 50_001) + b"]", 413, "payload_too_large"),
+        (b'[{"a": NaN}]', 400, "invalid_body"),
+    ],
+)
+def test_bad_bodies(module_system: Deployed, body: bytes, status: int, code: str) -> None:
+    with module_system.client() as client:
+        response = client.post(
+            "/webhook", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code
+    assert response.headers["x-correlation-id"]

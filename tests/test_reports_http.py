@@ -92,9 +92,9 @@ def test_reports_answer_for_the_posted_events(system: Deployed) -> None:
     ],
 )
 def test_bad_report_parameters_are_400_naming_them(
-    system: Deployed, path: str, params: dict[str, str], parameter: str
+    module_system: Deployed, path: str, params: dict[str, str], parameter: str
 ) -> None:
-    with system.client() as client:
+    with module_system.client() as client:
         response = client.get(path, params=params)
     assert response.status_code == 400, response.text
     body = response.json()
@@ -102,8 +102,8 @@ def test_bad_report_parameters_are_400_naming_them(
     assert parameter in body["message"]
 
 
-def test_openapi_lists_every_report_parameter(system: Deployed) -> None:
-    with system.client() as client:
+def test_openapi_lists_every_report_parameter(module_system: Deployed) -> None:
+    with module_system.client() as client:
         document = client.get("/reports/openapi.json").json()
     parameters = {
         path: {p["name"]: p for p in spec["get"].get("parameters", [])}
