@@ -207,11 +207,13 @@ class EventFilters:
     campaign_id: str | None = None
 
 
-# Revenue = purchaseAmount of Facebook checkout.complete and TikTok purchase (SPEC §4).
-REVENUE_CONDITION = (
+# Revenue = purchaseAmount of Facebook checkout.complete and TikTok purchase (SPEC §4);
+# migration 0002 spells the same rule in its rollup statement.
+_REVENUE_TYPES = (
     "((source = 'facebook' AND event_type = 'checkout.complete')"
-    " OR (source = 'tiktok' AND event_type = 'purchase')) AND purchase_amount IS NOT NULL"
+    " OR (source = 'tiktok' AND event_type = 'purchase'))"
 )
+REVENUE_CONDITION = f"{_REVENUE_TYPES} AND purchase_amount IS NOT NULL"
 # Latest event per user: newest event time; ties go to the copy received last.
 _LATEST_ORDER = "ORDER BY user_id, event_time DESC, received_at DESC, event_id DESC"
 AGE_BUCKETS = ("0-12", "13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
@@ -401,12 +403,6 @@ async def event_series(conn: Conn, filters: EventFilters, interval: str) -> list
         " GROUP BY 1 HAVING sum(n) > 0 ORDER BY 1",
         *params.values,
     )
-
-
-_REVENUE_TYPES = (
-    "((source = 'facebook' AND event_type = 'checkout.complete')"
-    " OR (source = 'tiktok' AND event_type = 'purchase'))"
-)
 
 
 async def revenue_groups(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
