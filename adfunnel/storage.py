@@ -237,20 +237,39 @@ def where_clause(
     filters: EventFilters, *extra: str, time_column: str = "event_time"
 ) -> tuple[str, list[Any]]:
     """A parameterized WHERE clause for the filters, plus fixed `extra` conditions."""
-    conditions: list[str] = list(extra)
-    params: list[Any] = []
-    for column, op, value in (
-        (time_column, ">=", filters.start),
-        (time_column, "<", filters.end),
-        ("source", "=", filters.source),
-        ("funnel_stage", "=", filters.funnel_stage),
-        ("event_type", "=", filters.event_type),
-        ("campaign_id", "=", filters.campaign_id),
+    params = _Params()
+    conditions = list(extra)
+    if filters.start is not None:
+        conditions.append(f"{time_column} >= {params.add(filters.start)}")
+    if filters.end is not None:
+        conditions.append(f"{time_column} < {params.add(filters.end)}")
+    conditions += _filter_conditions(filters, params)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), params.values
+
+
+class _Params:
+    """Numbered query parameters ($1, $2, …) collected while a statement is built."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _filter_conditions(filters: EventFilters, params: _Params) -> list[str]:
+    """Equality filters other than time, shared by raw and rollup queries."""
+    conditions = []
+    for column, value in (
+        ("source", filters.source),
+        ("funnel_stage", filters.funnel_stage),
+        ("event_type", filters.event_type),
+        ("campaign_id", filters.campaign_id),
     ):
         if value is not None:
-            params.append(value)
-            conditions.append(f"{column} {op} ${len(params)}")
-    return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
+            conditions.append(f"{column} = {params.add(value)}")
+    return conditions
 
 
 GRAINS = ("day", "hour", "minute")
@@ -306,15 +325,6 @@ def _grains_for(interval: str | None) -> tuple[str, ...]:
     return GRAINS if interval is None else GRAINS[GRAINS.index(interval) :]
 
 
-class _Params:
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def add(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-
 def _segment_condition(column: str, segments: list[Segment], params: _Params) -> str:
     parts = []
     for lo, hi in segments:
@@ -325,19 +335,6 @@ def _segment_condition(column: str, segments: list[Segment], params: _Params) ->
             bounds.append(f"{column} < {params.add(hi)}")
         parts.append("(" + " AND ".join(bounds) + ")" if bounds else "TRUE")
     return "(" + " OR ".join(parts) + ")"
-
-
-def _filter_conditions(filters: EventFilters, params: _Params) -> list[str]:
-    conditions = []
-    for column, value in (
-        ("source", filters.source),
-        ("funnel_stage", filters.funnel_stage),
-        ("event_type", filters.event_type),
-        ("campaign_id", filters.campaign_id),
-    ):
-        if value is not None:
-            conditions.append(f"{column} = {params.add(value)}")
-    return conditions
 
 
 def _union(
