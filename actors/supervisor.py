@@ -71,9 +71,7 @@ class Supervisor:
         if database_url is None:
             server = await asyncio.to_thread(embedded.start_postgres, data_dir)
             self._servers.append(server)
-            await storage.wait_for_database(server.url)
-            await storage.ensure_database(server.url, embedded.DATABASE)
-            database_url = server.url.rsplit("/", 1)[0] + f"/{embedded.DATABASE}"
+            database_url = await storage.prepared_database(server.url, embedded.DATABASE)
         self.endpoints_ = Endpoints(nats_url, database_url)
         await storage.wait_for_database(database_url)
         conn = await asyncpg.connect(database_url)

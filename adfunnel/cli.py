@@ -8,7 +8,6 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -51,9 +50,7 @@ def _database(explicit: str | None) -> Iterator[str]:
         return
     server = embedded.start_postgres(settings.data_dir.resolve())
     try:
-        asyncio.run(storage.wait_for_database(server.url))
-        asyncio.run(storage.ensure_database(server.url, embedded.DATABASE))
-        yield server.url.rsplit("/", 1)[0] + f"/{embedded.DATABASE}"
+        yield asyncio.run(storage.prepared_database(server.url, embedded.DATABASE))
     finally:
         server.stop()
 
@@ -84,16 +81,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
     nats = embedded.start_nats(data_dir)
     postgres = embedded.start_postgres(data_dir)
     print(f"NATS_URL={nats.url}\nDATABASE_URL={postgres.url}", flush=True)
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop and nats.alive() and postgres.alive():
-        time.sleep(0.5)
+    embedded.run_until_signalled(lambda: nats.alive() and postgres.alive())
     postgres.stop()
     nats.stop()
     return 0

@@ -206,6 +206,20 @@ def _die_with_parent(signum: int) -> Callable[[], None]:
     return apply
 
 
+def run_until_signalled(keep_going: Callable[[], bool], poll_s: float = 0.2) -> None:
+    """Return on SIGTERM or SIGINT, or as soon as `keep_going()` turns false."""
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping and keep_going():
+        time.sleep(poll_s)
+
+
 def _guard(argv: list[str]) -> int:
     """Run a server as a child; stop it when the starter dies or when told to."""
     parent = int(argv[0])
@@ -217,16 +231,7 @@ def _guard(argv: list[str]) -> int:
     # postgres' SIGTERM waits for every client to leave; SIGINT is its clean fast shutdown.
     stop_signal = signal.SIGINT if Path(command[0]).name == "postgres" else signal.SIGTERM
     child = subprocess.Popen(command, user=user, preexec_fn=_die_with_parent(stop_signal))
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while child.poll() is None and not stopping and os.getppid() == parent:
-        time.sleep(0.2)
+    run_until_signalled(lambda: child.poll() is None and os.getppid() == parent)
     if child.poll() is None:
         child.send_signal(stop_signal)
         try:

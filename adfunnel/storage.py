@@ -562,6 +562,13 @@ async def wait_for_database(dsn: str, *, max_wait_s: float = 60.0) -> None:
             return
 
 
+async def prepared_database(server_dsn: str, name: str) -> str:
+    """Wait for a fresh server, create database `name` on it if needed; returns its URL."""
+    await wait_for_database(server_dsn)
+    await ensure_database(server_dsn, name)
+    return server_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
 async def ensure_database(server_dsn: str, name: str) -> None:
     """Create database `name` on the server if it does not exist yet."""
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):

@@ -96,8 +96,7 @@ async def run(dsn: str, rows: int, batch_size: int) -> None:
     print(f"{rows} rows in batches of {batch_size}")
     for name, method in METHODS.items():
         database = f"bench_{abs(hash(name)) % 10**8}"
-        await storage.ensure_database(dsn, database)
-        target = dsn.rsplit("/", 1)[0] + f"/{database}"
+        target = await storage.prepared_database(dsn, database)
         pool = await storage.create_pool(target, size=1)
         async with pool.acquire() as conn:
             await conn.execute("DROP TABLE IF EXISTS events, rejected_events, schema_migrations")
