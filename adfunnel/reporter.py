@@ -166,11 +166,11 @@ class Reporter:
             answer["filters"].pop(name)
         async with self._db().acquire() as conn:
             if source in (None, "facebook"):
-                rows = await storage.facebook_demographics(conn, filters)
+                rows = await storage.demographic_counts(conn, filters, "facebook")
                 answer["facebook"] = reports.facebook_section(rows)
             if source in (None, "tiktok"):
-                followers = await storage.tiktok_followers(conn, filters)
-                engagement = await storage.tiktok_engagement(conn, filters)
+                followers = await storage.follower_stats(conn, filters)
+                engagement = await storage.demographic_counts(conn, filters, "tiktok")
                 answer["tiktok"] = reports.tiktok_section(followers, engagement)
         return http.json_response(answer)
 

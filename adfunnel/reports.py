@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
+from fractions import Fraction
 from typing import Any, Protocol
 
 from adfunnel.errors import InvalidParameter
 from adfunnel.schema import EVENT_TYPES, SOURCES, parse_timestamp
-from adfunnel.storage import AGE_BUCKETS, FOLLOWER_BUCKETS, EventFilters
+from adfunnel.storage import AGE_BUCKETS, FOLLOWER_BUCKETS, EventFilters, FollowerStats
 
 INTERVALS = ("minute", "hour", "day")
 
@@ -174,34 +175,28 @@ def _ranked(counts: dict[Any, int], name: str | tuple[str, ...]) -> list[dict[st
     return [{**dict(zip(names, key, strict=True)), "users": users} for key, users in ordered]
 
 
-def facebook_section(rows: Sequence[Row]) -> dict[str, Any]:
-    """The `facebook` part of `/reports/demographics` from grouping-set rows."""
-    users = 0
-    ages = dict.fromkeys(AGE_BUCKETS, 0)
-    genders: dict[Any, int] = {}
-    countries: dict[Any, int] = {}
-    cities: dict[Any, int] = {}
-    # GROUPING(age, gender, country, city): a set bit means "not grouped by this column".
+def _by_dim(rows: Sequence[Row]) -> dict[str, dict[Any, int]]:
+    groups: dict[str, dict[Any, int]] = {}
     for row in rows:
-        grouping, count = row["grouping"], row["users"]
-        if grouping == 0b1111:
-            users = count
-        elif grouping == 0b0111:
-            ages[row["age_bucket"]] = count
-        elif grouping == 0b1011:
-            genders[(row["gender"],)] = count
-        elif grouping == 0b1101:
-            countries[(row["country"],)] = count
-        elif grouping == 0b1100:
-            cities[(row["country"], row["city"])] = count
+        key = (row["key1"],) if row["dim"] != "city" else (row["key1"], row["key2"])
+        groups.setdefault(row["dim"], {})[key] = int(row["users"])
+    return groups
+
+
+def facebook_section(rows: Sequence[Row]) -> dict[str, Any]:
+    """The `facebook` part of `/reports/demographics` from (dim, key1, key2, users) rows."""
+    groups = _by_dim(rows)
+    found = groups.get("age", {})
+    ages = {bucket: found.get((bucket,), 0) for bucket in AGE_BUCKETS}
     if not ages["0-12"]:
         del ages["0-12"]  # the publisher's audience starts at 13; show the bucket only if used
     return {
-        "users": users,
+        # Every event has exactly one age bucket: their sum is the number of users.
+        "users": sum(found.values()),
         "age": [{"bucket": bucket, "users": count} for bucket, count in ages.items()],
-        "gender": _ranked(genders, "gender"),
-        "countries": _ranked(countries, "country"),
-        "cities": _ranked(cities, ("country", "city")),
+        "gender": _ranked(groups.get("gender", {}), "gender"),
+        "countries": _ranked(groups.get("country", {}), "country"),
+        "cities": _ranked(groups.get("city", {}), ("country", "city")),
     }
 
 
@@ -212,26 +207,22 @@ def _number(value: Any) -> float | int | None:
     return int(number) if number.is_integer() else round(number, 2)
 
 
-def tiktok_section(followers: Sequence[Row], engagement: Sequence[Row]) -> dict[str, Any]:
+def tiktok_section(followers: FollowerStats, engagement: Sequence[Row]) -> dict[str, Any]:
     """The `tiktok` part of `/reports/demographics`."""
-    # The grand-total grouping set yields its row even when no user matched.
-    totals = next(r for r in followers if r["bucket"] is None)
-    buckets = dict.fromkeys(FOLLOWER_BUCKETS, 0)
-    for row in followers:
-        if row["bucket"] is not None:
-            buckets[row["bucket"]] = row["users"]
-    devices = {(r["device"],): r["users"] for r in engagement if r["grouping"] == 0b01}
-    countries = {(r["country"],): r["users"] for r in engagement if r["grouping"] == 0b10}
+    groups = _by_dim(engagement)
+    average = Fraction(followers.total) / followers.counted if followers.counted else None
     return {
-        "users": int(totals["users"]),
+        "users": followers.users,
         "followers": {
             # min and max are counts: exact integers; avg and median are statistics.
-            "min": None if totals["min"] is None else int(totals["min"]),
-            "max": None if totals["max"] is None else int(totals["max"]),
-            "avg": _number(totals["avg"]),
-            "median": _number(totals["median"]),
+            "min": followers.minimum,
+            "max": followers.maximum,
+            "avg": _number(average),
+            "median": _number(followers.median),
         },
-        "followerBuckets": [{"bucket": b, "users": n} for b, n in buckets.items()],
-        "devices": _ranked(devices, "device"),
-        "countries": _ranked(countries, "country"),
+        "followerBuckets": [
+            {"bucket": b, "users": followers.buckets.get(b, 0)} for b in FOLLOWER_BUCKETS
+        ],
+        "devices": _ranked(groups.get("device", {}), "device"),
+        "countries": _ranked(groups.get("country", {}), "country"),
     }

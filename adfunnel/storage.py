@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -42,18 +44,25 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
 ) ON COMMIT DELETE ROWS
 """
 _COLUMN_LIST = ", ".join((*EVENT_COLUMNS, *_STAGED_EXTRA[:-1]))
-_UPDATE_LIST = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*EVENT_COLUMNS[1:], *_STAGED_EXTRA[:-1]))
+_STAGED_LIST = ", ".join(f"s.{c}" for c in (*EVENT_COLUMNS, *_STAGED_EXTRA[:-1]))
 # The earliest received copy of an eventId wins, whatever order parallel writers commit in:
 # a copy received later never replaces it, an earlier one that commits late does. Ordinary
-# re-sends arrive later and change nothing. `xmax = 0` tells inserted rows from replaced ones.
-_MERGE_STAGED = f"""
-INSERT INTO events ({_COLUMN_LIST})
+# re-sends arrive later and change nothing. New rows and replacements are two statements:
+# the demographics triggers (migration 0003) need each statement to be one kind of change.
+_EARLIEST_STAGED = f"""
 SELECT DISTINCT ON (event_id) {_COLUMN_LIST}
 FROM events_staging
 ORDER BY event_id, received_at, stream_seq, seq
-ON CONFLICT (event_id) DO UPDATE SET {_UPDATE_LIST}, stored_at = clock_timestamp()
-WHERE (events.received_at, events.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
-RETURNING (xmax = 0) AS inserted
+"""
+_INSERT_STAGED = f"""
+INSERT INTO events ({_COLUMN_LIST}) {_EARLIEST_STAGED}
+ON CONFLICT (event_id) DO NOTHING
+"""
+_REPLACE_STAGED = f"""
+UPDATE events SET ({_COLUMN_LIST}, stored_at) = ({_STAGED_LIST}, clock_timestamp())
+FROM ({_EARLIEST_STAGED}) s
+WHERE events.event_id = s.event_id
+AND (events.received_at, events.stream_seq) > (s.received_at, s.stream_seq)
 """
 _REJECTED_COLUMNS = (
     "dedup_key",
@@ -121,7 +130,14 @@ async def _json_text(conn: Conn) -> None:
 async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
     """A small pool; each connection is prepared for staging writes."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=size, init=_json_text, command_timeout=120
+        dsn,
+        min_size=1,
+        max_size=size,
+        init=_json_text,
+        command_timeout=120,
+        # Every statement of the project runs in milliseconds over indexes and rollups; JIT
+        # compiling one (chosen by estimated cost, which big tables inflate) takes a second.
+        server_settings={"jit": "off"},
     )
     assert pool is not None
     return pool
@@ -174,8 +190,10 @@ async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     await conn.copy_records_to_table(
         "events_staging", records=records, columns=(*EVENT_COLUMNS, *_STAGED_EXTRA)
     )
-    changed = await conn.fetch(_MERGE_STAGED)
-    return sum(1 for row in changed if row["inserted"])
+    inserted = int((await conn.execute(_INSERT_STAGED)).rsplit(" ", 1)[1])
+    if inserted < len({e.row.event_id for e in events}):
+        await conn.execute(_REPLACE_STAGED)
+    return inserted
 
 
 async def insert_rejected(conn: Conn, rows: Sequence[RejectedRow]) -> int:
@@ -217,20 +235,12 @@ REVENUE_CONDITION = f"{_REVENUE_TYPES} AND purchase_amount IS NOT NULL"
 # Latest event per user: newest event time; ties go to the copy received last.
 # Users are grouped byte-wise (COLLATE "C"): the same groups as any collation's equality,
 # and a third faster to sort than the database's linguistic collation.
-_LATEST_USER = 'DISTINCT ON (user_id COLLATE "C") user_id'
+_LATEST_USER = 'DISTINCT ON (user_id COLLATE "C")'
 _LATEST_ORDER = 'ORDER BY user_id COLLATE "C", event_time DESC, received_at DESC, event_id DESC'
+# The bucket labels in report order; migration 0003 defines which bucket a value falls in.
 AGE_BUCKETS = ("0-12", "13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
-_AGE_BUCKET_SQL = (
-    "CASE WHEN age < 13 THEN '0-12' WHEN age < 18 THEN '13-17' WHEN age < 25 THEN '18-24'"
-    " WHEN age < 35 THEN '25-34' WHEN age < 45 THEN '35-44' WHEN age < 55 THEN '45-54'"
-    " WHEN age < 65 THEN '55-64' ELSE '65+' END"
-)
 FOLLOWER_BUCKETS = ("0-999", "1000-9999", "10000-99999", "100000-999999", "1000000+")
-_FOLLOWER_BUCKET_SQL = (
-    "CASE WHEN followers < 1000 THEN '0-999' WHEN followers < 10000 THEN '1000-9999'"
-    " WHEN followers < 100000 THEN '10000-99999' WHEN followers < 1000000 THEN '100000-999999'"
-    " ELSE '1000000+' END"
-)
+_KEYS = "adfunnel_demographic_keys(source, funnel_stage, age, gender, country, city, device) k"
 
 
 def where_clause(
@@ -465,53 +475,241 @@ async def rollup_mismatches(conn: Conn) -> list[asyncpg.Record]:
     return mismatches
 
 
-async def facebook_demographics(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
-    """Distinct Facebook users in range by their latest attributes, as grouping sets.
+async def demographic_mismatches(conn: Conn) -> dict[str, int]:
+    """Rows of the demographics tables that disagree with the raw rows, by table (none,
+    unless something is broken): rollups against the users with one event, and
+    `repeat_user_events` against every event of the users with more."""
+    columns = (
+        "event_id, source, user_id, event_time, received_at, funnel_stage, age, gender,"
+        " country, city, followers, device"
+    )
+    users = "SELECT source, user_id FROM events GROUP BY 1, 2 HAVING count(*)"
+    expected = {
+        "repeat_user_events": f"SELECT {columns} FROM events WHERE (source, user_id) IN"
+        f" ({users} > 1)",
+    }
+    actual = {"repeat_user_events": f"SELECT {columns} FROM repeat_user_events"}
+    single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
+    for grain in DEMOGRAPHIC_GRAINS:
+        bucket = f"date_trunc('{grain}', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        expected[f"demographic_rollup_{grain}"] = (
+            f"SELECT {bucket}, source, k.dim, k.key1, k.key2, count(*)"
+            f" FROM {single} CROSS JOIN LATERAL {_KEYS} GROUP BY 1, 2, 3, 4, 5"
+        )
+        actual[f"demographic_rollup_{grain}"] = (
+            "SELECT bucket, source, dim, key1, key2, users"
+            f" FROM demographic_rollup_{grain} WHERE users <> 0"
+        )
+        expected[f"follower_rollup_{grain}"] = (
+            f"SELECT {bucket}, adfunnel_follower_bin(followers), count(*),"
+            f" coalesce(sum(followers), 0) FROM {single} WHERE source = 'tiktok' GROUP BY 1, 2"
+        )
+        actual[f"follower_rollup_{grain}"] = (
+            f"SELECT bucket, bin, users, followers FROM follower_rollup_{grain}"
+            " WHERE users <> 0 OR followers <> 0"
+        )
+    mismatches = {}
+    for table, query in expected.items():
+        differing = await conn.fetchval(
+            f"SELECT count(*) FROM (({query} EXCEPT ALL {actual[table]})"
+            f" UNION ALL ({actual[table]} EXCEPT ALL {query})) diff"
+        )
+        if differing:
+            mismatches[table] = int(differing)
+    return mismatches
 
-    Rows with `grouping` 0b1111 are the total; the others carry one of: age bucket,
-    gender, country, or (country, city).
+
+# Demographics: users with one event of their source come from the demographic rollups
+# (whole hours and days) and the raw rows at the edges; users with more events from the
+# latest of their copies in `repeat_user_events` (migration 0003). Each user is in exactly one
+# of the parts, so the parts add up.
+DEMOGRAPHIC_GRAINS = ("day", "hour")
+_SINGLE = "NOT EXISTS (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id)"
+
+
+def _range_conditions(filters: EventFilters, params: _Params) -> list[str]:
+    conditions = []
+    if filters.start is not None:
+        conditions.append(f"event_time >= {params.add(filters.start)}")
+    if filters.end is not None:
+        conditions.append(f"event_time < {params.add(filters.end)}")
+    return conditions
+
+
+def _single_user_parts(
+    filters: EventFilters,
+    params: _Params,
+    *,
+    rollup: str,
+    rollup_columns: str,
+    raw_select: str,
+    source: str,
+) -> list[str]:
+    """Users with one event, in range: rollup rows for whole buckets, raw rows at the edges."""
+    plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
+    parts = []
+    for grain in DEMOGRAPHIC_GRAINS:
+        if plan[grain]:
+            where = _segment_condition("bucket", plan[grain], params)
+            if rollup == "demographic_rollup":
+                where += f" AND source = {params.add(source)}"
+            parts.append(f"SELECT {rollup_columns} FROM {rollup}_{grain} WHERE {where}")
+    if plan["raw"]:
+        where = _segment_condition("event_time", plan["raw"], params)
+        parts.append(
+            f"{raw_select} WHERE e.source = {params.add(source)} AND {where} AND {_SINGLE}"
+        )
+    return parts
+
+
+def _latest_repeat_users(filters: EventFilters, params: _Params, source: str, *extra: str) -> str:
+    """The latest event in range of each user with several events of `source`."""
+    conditions = [f"source = {params.add(source)}", *_range_conditions(filters, params), *extra]
+    return (
+        f"SELECT {_LATEST_USER} * FROM repeat_user_events"
+        f" WHERE {' AND '.join(conditions)} {_LATEST_ORDER}"
+    )
+
+
+async def demographic_counts(
+    conn: Conn, filters: EventFilters, source: str
+) -> list[asyncpg.Record]:
+    """Distinct users of `source` in range per (dim, key1, key2), by their latest attributes.
+
+    Facebook: dims age, gender, country, city (key1 country, key2 city). TikTok: device and
+    country of each user's latest top-funnel event.
     """
-    where, params = where_clause(EventFilters(filters.start, filters.end), "source = 'facebook'")
+    params = _Params()
+    parts = _single_user_parts(
+        filters,
+        params,
+        rollup="demographic_rollup",
+        rollup_columns="dim, key1, key2, users",
+        raw_select=f"SELECT k.dim, k.key1, k.key2, 1 FROM events e CROSS JOIN LATERAL {_KEYS}",
+        source=source,
+    )
+    top = ("funnel_stage = 'top'",) if source == "tiktok" else ()
+    latest = _latest_repeat_users(filters, params, source, *top)
+    parts.append(f"SELECT k.dim, k.key1, k.key2, 1 FROM ({latest}) m CROSS JOIN LATERAL {_KEYS}")
     return await conn.fetch(
-        f"WITH latest AS (SELECT {_LATEST_USER}, age, gender, country, city"
-        f" FROM events{where} {_LATEST_ORDER})"
-        f" SELECT {_AGE_BUCKET_SQL} AS age_bucket, gender, country, city,"
-        f" GROUPING({_AGE_BUCKET_SQL}, gender, country, city) AS grouping, count(*) AS users"
-        f" FROM latest GROUP BY GROUPING SETS (({_AGE_BUCKET_SQL}), (gender), (country),"
-        " (country, city), ())",
-        *params,
+        "SELECT dim, key1, key2, sum(users)::bigint AS users"
+        f" FROM ({' UNION ALL '.join(parts)}) x (dim, key1, key2, users)"
+        " GROUP BY 1, 2, 3 HAVING sum(users) > 0",
+        *params.values,
     )
 
 
-async def tiktok_followers(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
-    """Distinct TikTok users in range by their latest follower count: stats and buckets.
+@dataclass(frozen=True, slots=True)
+class FollowerStats:
+    """Distinct TikTok users in range by their latest follower count."""
 
-    The row whose `bucket` is NULL carries the totals (users, min, max, avg, median).
+    users: int
+    counted: int  # users whose latest event has a follower count
+    total: Decimal  # sum of those counts
+    minimum: int | None
+    maximum: int | None
+    median: Fraction | None
+    buckets: dict[str, int]
+
+
+def median_ranks(counted: int) -> tuple[int, int]:
+    """1-based ranks whose mean is the median (percentile_cont(0.5)) of `counted` values."""
+    return (counted + 1) // 2, counted // 2 + 1
+
+
+async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
+    """Users, follower buckets and exact min/max/sum/median for TikTok users in range.
+
+    A histogram of fine follower bins is summed first; then only the bins that hold the
+    minimum, the maximum and the median are read value by value.
     """
-    where, params = where_clause(EventFilters(filters.start, filters.end), "source = 'tiktok'")
-    return await conn.fetch(
-        f"WITH latest AS (SELECT {_LATEST_USER}, followers"
-        f" FROM events{where} {_LATEST_ORDER})"
-        f" SELECT {_FOLLOWER_BUCKET_SQL} AS bucket, count(*) AS users,"
-        " min(followers) AS min, max(followers) AS max, avg(followers) AS avg,"
-        " percentile_cont(0.5) WITHIN GROUP (ORDER BY followers) AS median"
-        f" FROM latest GROUP BY GROUPING SETS (({_FOLLOWER_BUCKET_SQL}), ())",
-        *params,
+    params = _Params()
+    parts = _single_user_parts(
+        filters,
+        params,
+        rollup="follower_rollup",
+        rollup_columns="bin, users, followers",
+        raw_select="SELECT adfunnel_follower_bin(followers), 1, followers FROM events e",
+        source="tiktok",
+    )
+    latest = _latest_repeat_users(filters, params, "tiktok")
+    parts.append(f"SELECT adfunnel_follower_bin(followers), 1, followers FROM ({latest}) m")
+    bins = await conn.fetch(
+        "SELECT bin, adfunnel_follower_bin_end(bin) AS bin_end,"
+        " adfunnel_follower_bucket(bin) AS bucket, sum(users)::bigint AS users,"
+        f" sum(followers) AS followers FROM ({' UNION ALL '.join(parts)}) x (bin, users, followers)"
+        " GROUP BY bin HAVING sum(users) > 0 ORDER BY bin",
+        *params.values,
+    )
+    counted_bins = [row for row in bins if row["bin"] is not None]
+    counted = sum(row["users"] for row in counted_bins)
+    buckets: dict[str, int] = {}
+    for row in counted_bins:
+        buckets[row["bucket"]] = buckets.get(row["bucket"], 0) + row["users"]
+    stats = FollowerStats(
+        users=sum(row["users"] for row in bins),
+        counted=counted,
+        total=sum((row["followers"] for row in counted_bins), Decimal(0)),
+        minimum=None,
+        maximum=None,
+        median=None,
+        buckets=buckets,
+    )
+    if not counted:
+        return stats
+    low, high = median_ranks(counted)
+    wanted = (1, low, high, counted)
+    # Where each wanted rank falls: (bin row, position inside the bin).
+    located: dict[int, tuple[asyncpg.Record, int]] = {}
+    seen = 0
+    for row in counted_bins:
+        for rank in wanted:
+            if seen < rank <= seen + row["users"]:
+                located[rank] = (row, rank - seen - 1)
+        seen += row["users"]
+    to_read = {row["bin"]: row for row, _ in located.values() if row["bin_end"] - row["bin"] > 1}
+    values = await _values_in_bins(conn, filters, list(to_read.values())) if to_read else {}
+
+    def value(rank: int) -> int:
+        row, position = located[rank]
+        if row["bin"] not in to_read:
+            return int(row["bin"])  # a bin one value wide
+        return values[row["bin"]][position]
+
+    return FollowerStats(
+        users=stats.users,
+        counted=counted,
+        total=stats.total,
+        minimum=value(1),
+        maximum=value(counted),
+        median=Fraction(value(low) + value(high), 2),
+        buckets=buckets,
     )
 
 
-async def tiktok_engagement(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
-    """Distinct TikTok users by device and by country of their latest top-funnel event."""
-    where, params = where_clause(
-        EventFilters(filters.start, filters.end), "source = 'tiktok'", "funnel_stage = 'top'"
+async def _values_in_bins(
+    conn: Conn, filters: EventFilters, bins: Sequence[asyncpg.Record]
+) -> dict[int, list[int]]:
+    """Sorted latest follower counts of the TikTok users in range inside each bin."""
+    params = _Params()
+    ranges = " OR ".join(
+        f"(followers >= {params.add(row['bin'])} AND followers < {params.add(row['bin_end'])})"
+        for row in bins
     )
-    return await conn.fetch(
-        f"WITH latest AS (SELECT {_LATEST_USER}, device, country"
-        f" FROM events{where} {_LATEST_ORDER})"
-        " SELECT device, country, GROUPING(device, country) AS grouping, count(*) AS users"
-        " FROM latest GROUP BY GROUPING SETS ((device), (country))",
-        *params,
+    single = " AND ".join(
+        ["e.source = 'tiktok'", f"({ranges})", *_range_conditions(filters, params), _SINGLE]
     )
+    latest = _latest_repeat_users(filters, params, "tiktok")
+    rows = await conn.fetch(
+        f"SELECT adfunnel_follower_bin(followers) AS bin, followers FROM ("
+        f"SELECT followers FROM events e WHERE {single}"
+        f" UNION ALL SELECT followers FROM ({latest}) m WHERE {ranges}) x ORDER BY followers",
+        *params.values,
+    )
+    values: dict[int, list[int]] = {row["bin"]: [] for row in bins}
+    for row in rows:
+        values[row["bin"]].append(int(row["followers"]))
+    return values
 
 
 async def rejected_summary(
@@ -625,4 +823,51 @@ async def naive_revenue_series(
         f"SELECT {_bucket_of(interval, 'event_time')}, sum(purchase_amount) AS revenue,"
         f" count(*) AS transactions FROM events{where} GROUP BY 1 ORDER BY 1",
         *params,
+    )
+
+
+async def naive_demographic_counts(
+    conn: Conn, filters: EventFilters, source: str
+) -> list[asyncpg.Record]:
+    """`demographic_counts` computed from every raw event in range."""
+    extra = ["source = $1"] + (["funnel_stage = 'top'"] if source == "tiktok" else [])
+    params = _Params()
+    params.add(source)
+    conditions = extra + _range_conditions(filters, params)
+    return await conn.fetch(
+        f"SELECT k.dim, k.key1, k.key2, count(*) AS users FROM (SELECT {_LATEST_USER} *"
+        f" FROM events WHERE {' AND '.join(conditions)} {_LATEST_ORDER}) m"
+        f" CROSS JOIN LATERAL {_KEYS} GROUP BY 1, 2, 3",
+        *params.values,
+    )
+
+
+async def naive_follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
+    """`follower_stats` computed from every raw TikTok event in range."""
+    params = _Params()
+    conditions = ["source = 'tiktok'", *_range_conditions(filters, params)]
+    rows = await conn.fetch(
+        f"WITH latest AS (SELECT {_LATEST_USER} * FROM events"
+        f" WHERE {' AND '.join(conditions)} {_LATEST_ORDER})"
+        " SELECT adfunnel_follower_bucket(followers) AS bucket, count(*) AS users,"
+        " count(followers) AS counted, sum(followers) AS total, min(followers) AS minimum,"
+        " max(followers) AS maximum,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY followers) AS median,"
+        " GROUPING(adfunnel_follower_bucket(followers)) AS everyone"
+        " FROM latest GROUP BY GROUPING SETS ((adfunnel_follower_bucket(followers)), ())",
+        *params.values,
+    )
+    totals = next(row for row in rows if row["everyone"])
+    return FollowerStats(
+        users=totals["users"],
+        counted=totals["counted"],
+        total=totals["total"] if totals["total"] is not None else Decimal(0),
+        minimum=totals["minimum"],
+        maximum=totals["maximum"],
+        median=None if totals["median"] is None else Fraction(totals["median"]),
+        buckets={
+            row["bucket"]: row["users"]
+            for row in rows
+            if not row["everyone"] and row["bucket"] is not None
+        },
     )

@@ -1,5 +1,6 @@
-"""Rollups: the range plan covers every instant exactly once, and the rollup tables always
-agree with the raw rows (inserts, earliest-copy replacements, deletes, concurrent writers)."""
+"""Rollups: the range plan covers every instant exactly once, and the rollup tables (counts
+and demographics) always agree with the raw rows (inserts, earliest-copy replacements,
+deletes, concurrent writers)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,14 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(database: st
         generator.event(at=BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
         for _ in range(4_000)
     ]
+    # Repeat users: a fifth of the events reuse (and update) the user of an earlier event of
+    # the same source, so users move between the single-event and repeat parts.
+    for event in rng.sample(events, 800):
+        make = generator.facebook if event["source"] == "facebook" else generator.tiktok
+        other = make(None, BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
+        other["data"]["user"]["userId"] = event["data"]["user"]["userId"]
+        events.append(other)
+    rng.shuffle(events)
     # Re-sends with other content and an earlier receipt time replace stored copies.
     changed = []
     for event in rng.sample(events, 400):
@@ -103,11 +112,32 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(database: st
         await asyncio.gather(*(write(batch) for batch in batches[start : start + 4]))
     async with pool.acquire() as conn:
         assert await storage.rollup_mismatches(conn) == []
+        assert await storage.demographic_mismatches(conn) == {}
+        repeat = await conn.fetchval("SELECT count(DISTINCT user_id) FROM repeat_user_events")
+        assert repeat > 300  # the test exercises both parts
+        await same_demographics(conn, rng)
         deleted = await conn.execute(
             "DELETE FROM events WHERE event_id = ANY($1)", [e["eventId"] for e in events[:300]]
         )
         assert deleted == "DELETE 300"
         assert await storage.rollup_mismatches(conn) == []
+        assert await storage.demographic_mismatches(conn) == {}
+        await same_demographics(conn, rng)
         total = await conn.fetchval("SELECT sum(events) FROM event_rollup_day")
-        assert total == await conn.fetchval("SELECT count(*) FROM events") == 3_700
+        assert total == await conn.fetchval("SELECT count(*) FROM events") == 4_500
     await pool.close()
+
+
+async def same_demographics(conn: storage.Conn, rng: random.Random) -> None:
+    """The rollup-based demographics equal the raw-row computation over random ranges."""
+    for _ in range(25):
+        start = BASE + timedelta(seconds=rng.randrange(-3_600, 3 * 86_400))
+        end = start + timedelta(seconds=rng.choice((1, 600, 5_000, 90_000, 4 * 86_400)))
+        filters = storage.EventFilters(rng.choice((start, None)), rng.choice((end, None)))
+        for source in ("facebook", "tiktok"):
+            fast = await storage.demographic_counts(conn, filters, source)
+            naive = await storage.naive_demographic_counts(conn, filters, source)
+            assert sorted(map(tuple, fast), key=repr) == sorted(map(tuple, naive), key=repr)
+        assert await storage.follower_stats(conn, filters) == await storage.naive_follower_stats(
+            conn, filters
+        )
