@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from adfunnel import bench_reports, embedded, storage
+from adfunnel import bench_e2e, bench_reports, embedded, publish, storage
 from adfunnel.seed import SeedPlan, seed
 from adfunnel.settings import Settings
 
@@ -68,10 +68,25 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Benchmarks; `reports`: report latency per category vs the naive GROUP BY."""
-    with _database(args.database_url) as database_url:
-        bench_reports.main(database_url, samples=args.samples, seed=args.seed, json_path=args.json)
-    return 0
+    """Benchmarks: the pipeline end to end (default), or `reports`: report latency."""
+    if args.what == "reports":
+        with _database(args.database_url) as database_url:
+            bench_reports.main(
+                database_url, samples=args.samples, seed=args.seed, json_path=args.json
+            )
+        return 0
+    return bench_e2e.main(
+        quick=args.quick,
+        url=args.url,
+        database_url=args.database_url,
+        nats_url=args.nats_url,
+        json_path=args.json,
+    )
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Simulate the ad platforms' publisher: POST generated batches to EVENT_ENDPOINT."""
+    return publish.command(args)
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
@@ -120,12 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     seeding.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
     seeding.set_defaults(run=cmd_seed)
     bench = commands.add_parser("bench", help=cmd_bench.__doc__)
-    bench.add_argument("what", choices=["reports"])
-    bench.add_argument("--samples", type=int, default=100, help="filter combinations")
+    bench.add_argument("what", nargs="?", choices=["e2e", "reports"], default="e2e")
+    bench.add_argument("--quick", action="store_true", help="e2e: a run of under 5 minutes")
+    bench.add_argument(
+        "--url", help="e2e: a running system's base URL (default: start one, embedded servers)"
+    )
+    bench.add_argument("--nats-url", help="e2e: its NATS (for the floor and the backlog)")
+    bench.add_argument("--samples", type=int, default=100, help="reports: filter combinations")
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--json", type=Path, help="also write the figures here")
-    bench.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
+    bench.add_argument(
+        "--database-url",
+        help="reports: default DATABASE_URL, else the embedded one; e2e: the target's"
+        " database (lost/duplicated accounting)",
+    )
     bench.set_defaults(run=cmd_bench)
+    publishing = commands.add_parser("publish", help=cmd_publish.__doc__)
+    publish.add_arguments(publishing)
+    publishing.set_defaults(run=cmd_publish)
     run = commands.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("config", nargs="?", default="config.yaml")
     run.set_defaults(run=cmd_run)

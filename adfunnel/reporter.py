@@ -164,14 +164,13 @@ class Reporter:
         answer: dict[str, Any] = {"filters": reports.filters_echo(filters)}
         for name in ("funnelStage", "eventType"):
             answer["filters"].pop(name)
-        async with self._db().acquire() as conn:
-            if source in (None, "facebook"):
-                rows = await storage.demographic_counts(conn, filters, "facebook")
-                answer["facebook"] = reports.facebook_section(rows)
-            if source in (None, "tiktok"):
-                followers = await storage.follower_stats(conn, filters)
-                engagement = await storage.demographic_counts(conn, filters, "tiktok")
-                answer["tiktok"] = reports.tiktok_section(followers, engagement)
+        found = await storage.demographics(self._db(), filters, source)
+        if found.facebook is not None:
+            answer["facebook"] = reports.facebook_section(found.facebook)
+        if found.tiktok_followers is not None and found.tiktok_engagement is not None:
+            answer["tiktok"] = reports.tiktok_section(
+                found.tiktok_followers, found.tiktok_engagement
+            )
         return http.json_response(answer)
 
     @api.get("/rejected", responses={400: {"model": http.ErrorBody}})

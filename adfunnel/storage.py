@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 from adfunnel.schema import EventRow
+
+T = TypeVar("T")
 
 # Any constant works; it only has to be the same for every process of the project.
 MIGRATION_LOCK_ID = 0x0ADF0001
@@ -137,7 +139,9 @@ async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
         command_timeout=120,
         # Every statement of the project runs in milliseconds over indexes and rollups; JIT
         # compiling one (chosen by estimated cost, which big tables inflate) takes a second.
-        server_settings={"jit": "off"},
+        # Sorts of a few hundred thousand narrow rows (latest event per repeat user) fit in
+        # memory with this, instead of spilling to disk.
+        server_settings={"jit": "off", "work_mem": "32MB"},
     )
     assert pool is not None
     return pool
@@ -536,16 +540,21 @@ def _range_conditions(filters: EventFilters, params: _Params) -> list[str]:
     return conditions
 
 
+# The columns a demographics query reads from an event.
+_DEMOGRAPHIC_COLUMNS = "source, funnel_stage, age, gender, country, city, followers, device"
+
+
 def _single_user_parts(
     filters: EventFilters,
     params: _Params,
     *,
     rollup: str,
     rollup_columns: str,
-    raw_select: str,
+    raw_columns: str,
     source: str,
-) -> list[str]:
-    """Users with one event, in range: rollup rows for whole buckets, raw rows at the edges."""
+) -> tuple[list[str], str | None]:
+    """Users with one event, in range: rollup rows for whole buckets, and the raw rows at
+    the edges (None when the range has no ragged edge)."""
     plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
     parts = []
     for grain in DEMOGRAPHIC_GRAINS:
@@ -554,19 +563,30 @@ def _single_user_parts(
             if rollup == "demographic_rollup":
                 where += f" AND source = {params.add(source)}"
             parts.append(f"SELECT {rollup_columns} FROM {rollup}_{grain} WHERE {where}")
-    if plan["raw"]:
-        where = _segment_condition("event_time", plan["raw"], params)
-        parts.append(
-            f"{raw_select} WHERE e.source = {params.add(source)} AND {where} AND {_SINGLE}"
-        )
-    return parts
+    if not plan["raw"]:
+        return parts, None
+    # The edges are found by time alone (OFFSET 0 keeps the source test out of the index
+    # scan): ANDed with an index on the source, the planner would read a bitmap of every
+    # event of that source first.
+    # The repeat users' copies are narrowed to the same edges (a copy has its event's time),
+    # so the anti-join hashes a few rows rather than the whole table.
+    where = _segment_condition("event_time", plan["raw"], params)
+    copies = _segment_condition("r.event_time", plan["raw"], params)
+    edges = (
+        f"SELECT {raw_columns} FROM (SELECT event_id, {_DEMOGRAPHIC_COLUMNS} FROM events"
+        f" WHERE {where} OFFSET 0) e WHERE e.source = {params.add(source)} AND NOT EXISTS"
+        f" (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id AND {copies})"
+    )
+    return parts, edges
 
 
-def _latest_repeat_users(filters: EventFilters, params: _Params, source: str, *extra: str) -> str:
+def _latest_repeat_users(
+    filters: EventFilters, params: _Params, source: str, *extra: str, columns: str
+) -> str:
     """The latest event in range of each user with several events of `source`."""
     conditions = [f"source = {params.add(source)}", *_range_conditions(filters, params), *extra]
     return (
-        f"SELECT {_LATEST_USER} * FROM repeat_user_events"
+        f"SELECT {_LATEST_USER} {columns} FROM repeat_user_events"
         f" WHERE {' AND '.join(conditions)} {_LATEST_ORDER}"
     )
 
@@ -580,17 +600,23 @@ async def demographic_counts(
     country of each user's latest top-funnel event.
     """
     params = _Params()
-    parts = _single_user_parts(
+    parts, edges = _single_user_parts(
         filters,
         params,
         rollup="demographic_rollup",
         rollup_columns="dim, key1, key2, users",
-        raw_select=f"SELECT k.dim, k.key1, k.key2, 1 FROM events e CROSS JOIN LATERAL {_KEYS}",
+        raw_columns=_DEMOGRAPHIC_COLUMNS,
         source=source,
     )
     top = ("funnel_stage = 'top'",) if source == "tiktok" else ()
-    latest = _latest_repeat_users(filters, params, source, *top)
-    parts.append(f"SELECT k.dim, k.key1, k.key2, 1 FROM ({latest}) m CROSS JOIN LATERAL {_KEYS}")
+    latest = _latest_repeat_users(filters, params, source, *top, columns=_DEMOGRAPHIC_COLUMNS)
+    # Edge and repeat users as attribute rows, counted per distinct combination first: the
+    # keys are then spelled out once per combination instead of once per user.
+    people = " UNION ALL ".join(part for part in (edges, f"SELECT * FROM ({latest}) m") if part)
+    parts.append(
+        f"SELECT k.dim, k.key1, k.key2, g.n FROM (SELECT {_DEMOGRAPHIC_COLUMNS}, count(*) AS n"
+        f" FROM ({people}) p GROUP BY {_DEMOGRAPHIC_COLUMNS}) g CROSS JOIN LATERAL {_KEYS}"
+    )
     return await conn.fetch(
         "SELECT dim, key1, key2, sum(users)::bigint AS users"
         f" FROM ({' UNION ALL '.join(parts)}) x (dim, key1, key2, users)"
@@ -617,99 +643,117 @@ def median_ranks(counted: int) -> tuple[int, int]:
     return (counted + 1) // 2, counted // 2 + 1
 
 
-async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
-    """Users, follower buckets and exact min/max/sum/median for TikTok users in range.
-
-    A histogram of fine follower bins is summed first; then only the bins that hold the
-    minimum, the maximum and the median are read value by value.
-    """
-    params = _Params()
-    parts = _single_user_parts(
+def _follower_statement(filters: EventFilters, params: _Params) -> str:
+    """Histogram rows (`kind` 'bin') and the exact values of the bins holding the minimum,
+    the median and the maximum (`kind` 'value'), in one statement."""
+    parts, edges = _single_user_parts(
         filters,
         params,
         rollup="follower_rollup",
         rollup_columns="bin, users, followers",
-        raw_select="SELECT adfunnel_follower_bin(followers), 1, followers FROM events e",
+        raw_columns="adfunnel_follower_bin(followers), 1, followers",
         source="tiktok",
     )
-    latest = _latest_repeat_users(filters, params, "tiktok")
-    parts.append(f"SELECT adfunnel_follower_bin(followers), 1, followers FROM ({latest}) m")
-    bins = await conn.fetch(
-        "SELECT bin, adfunnel_follower_bin_end(bin) AS bin_end,"
-        " adfunnel_follower_bucket(bin) AS bucket, sum(users)::bigint AS users,"
+    parts += [edges] if edges else []
+    latest = _latest_repeat_users(filters, params, "tiktok", columns="followers")
+    parts.append("SELECT adfunnel_follower_bin(followers), 1, followers FROM repeat")
+    in_range = " AND ".join(["TRUE", *_range_conditions(filters, params)])
+    return (
+        f"WITH repeat AS MATERIALIZED ({latest}),"
+        " hist AS MATERIALIZED (SELECT bin, sum(users)::bigint AS users,"
         f" sum(followers) AS followers FROM ({' UNION ALL '.join(parts)}) x (bin, users, followers)"
-        " GROUP BY bin HAVING sum(users) > 0 ORDER BY bin",
-        *params.values,
+        " GROUP BY bin HAVING sum(users) > 0),"
+        " placed AS (SELECT bin, users, sum(users) OVER (ORDER BY bin) - users AS below"
+        " FROM hist WHERE bin IS NOT NULL),"
+        " counted AS (SELECT coalesce(sum(users), 0)::bigint AS n FROM placed),"
+        # Bins one value wide need no reading: their value is the bin.
+        " wanted AS MATERIALIZED (SELECT DISTINCT p.bin,"
+        " adfunnel_follower_bin_end(p.bin) AS bin_end"
+        " FROM placed p, counted c, unnest(ARRAY[1, (c.n + 1) / 2, c.n / 2 + 1, c.n]) rank"
+        " WHERE rank > p.below AND rank <= p.below + p.users"
+        " AND adfunnel_follower_bin_end(p.bin) - p.bin > 1)"
+        " SELECT 'bin' AS kind, bin, adfunnel_follower_bucket(bin) AS bucket, users, followers"
+        " FROM hist"
+        " UNION ALL SELECT 'value', w.bin, NULL, NULL, e.followers FROM wanted w"
+        " CROSS JOIN LATERAL"
+        " (SELECT event_id, followers FROM events WHERE source = 'tiktok'"
+        f" AND followers >= w.bin AND followers < w.bin_end AND {in_range} OFFSET 0) e"
+        f" WHERE {_SINGLE}"
+        " UNION ALL SELECT 'value', w.bin, NULL, NULL, r.followers FROM wanted w"
+        " JOIN repeat r ON r.followers >= w.bin AND r.followers < w.bin_end"
     )
-    counted_bins = [row for row in bins if row["bin"] is not None]
+
+
+async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
+    """Users, follower buckets and exact min/max/sum/median for TikTok users in range.
+
+    A histogram of fine follower bins locates the ranks of the minimum, the median and the
+    maximum; only the users inside those bins are read value by value.
+    """
+    params = _Params()
+    rows = await conn.fetch(_follower_statement(filters, params), *params.values)
+    bins = [row for row in rows if row["kind"] == "bin"]
+    values: dict[int, list[int]] = {}
+    for row in rows:
+        if row["kind"] == "value":
+            values.setdefault(row["bin"], []).append(int(row["followers"]))
+    counted_bins = sorted((row for row in bins if row["bin"] is not None), key=lambda r: r["bin"])
     counted = sum(row["users"] for row in counted_bins)
     buckets: dict[str, int] = {}
     for row in counted_bins:
         buckets[row["bucket"]] = buckets.get(row["bucket"], 0) + row["users"]
-    stats = FollowerStats(
-        users=sum(row["users"] for row in bins),
-        counted=counted,
-        total=sum((row["followers"] for row in counted_bins), Decimal(0)),
-        minimum=None,
-        maximum=None,
-        median=None,
-        buckets=buckets,
-    )
+    users = sum(row["users"] for row in bins)
+    total = sum((row["followers"] for row in counted_bins), Decimal(0))
     if not counted:
-        return stats
-    low, high = median_ranks(counted)
-    wanted = (1, low, high, counted)
-    # Where each wanted rank falls: (bin row, position inside the bin).
-    located: dict[int, tuple[asyncpg.Record, int]] = {}
-    seen = 0
-    for row in counted_bins:
-        for rank in wanted:
-            if seen < rank <= seen + row["users"]:
-                located[rank] = (row, rank - seen - 1)
-        seen += row["users"]
-    to_read = {row["bin"]: row for row, _ in located.values() if row["bin_end"] - row["bin"] > 1}
-    values = await _values_in_bins(conn, filters, list(to_read.values())) if to_read else {}
+        return FollowerStats(users, 0, total, None, None, None, buckets)
 
     def value(rank: int) -> int:
-        row, position = located[rank]
-        if row["bin"] not in to_read:
-            return int(row["bin"])  # a bin one value wide
-        return values[row["bin"]][position]
+        seen = 0
+        for row in counted_bins:
+            if rank <= seen + row["users"]:
+                if row["bin"] not in values:
+                    return int(row["bin"])  # a bin one value wide
+                return sorted(values[row["bin"]])[rank - seen - 1]
+            seen += row["users"]
+        raise AssertionError(f"rank {rank} beyond {counted} users")
 
-    return FollowerStats(
-        users=stats.users,
-        counted=counted,
-        total=stats.total,
-        minimum=value(1),
-        maximum=value(counted),
-        median=Fraction(value(low) + value(high), 2),
-        buckets=buckets,
-    )
+    low, high = median_ranks(counted)
+    median = Fraction(value(low) + value(high), 2)
+    return FollowerStats(users, counted, total, value(1), value(counted), median, buckets)
 
 
-async def _values_in_bins(
-    conn: Conn, filters: EventFilters, bins: Sequence[asyncpg.Record]
-) -> dict[int, list[int]]:
-    """Sorted latest follower counts of the TikTok users in range inside each bin."""
-    params = _Params()
-    ranges = " OR ".join(
-        f"(followers >= {params.add(row['bin'])} AND followers < {params.add(row['bin_end'])})"
-        for row in bins
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    """What `/reports/demographics` needs: each part None when its source was not asked."""
+
+    facebook: list[asyncpg.Record] | None
+    tiktok_followers: FollowerStats | None
+    tiktok_engagement: list[asyncpg.Record] | None
+
+
+async def demographics(
+    pool: asyncpg.Pool, filters: EventFilters, source: str | None
+) -> Demographics:
+    """Every demographics query of the sections asked for, each on its own connection of
+    `pool` so that PostgreSQL runs them side by side."""
+
+    async def on_connection(query: Callable[[Conn], Awaitable[T]]) -> T:
+        async with pool.acquire() as conn:
+            return await query(conn)
+
+    async def nothing() -> None:
+        return None
+
+    facebook = source in (None, "facebook")
+    tiktok = source in (None, "tiktok")
+    fb, followers, engagement = await asyncio.gather(
+        on_connection(lambda c: demographic_counts(c, filters, "facebook"))
+        if facebook
+        else nothing(),
+        on_connection(lambda c: follower_stats(c, filters)) if tiktok else nothing(),
+        on_connection(lambda c: demographic_counts(c, filters, "tiktok")) if tiktok else nothing(),
     )
-    single = " AND ".join(
-        ["e.source = 'tiktok'", f"({ranges})", *_range_conditions(filters, params), _SINGLE]
-    )
-    latest = _latest_repeat_users(filters, params, "tiktok")
-    rows = await conn.fetch(
-        f"SELECT adfunnel_follower_bin(followers) AS bin, followers FROM ("
-        f"SELECT followers FROM events e WHERE {single}"
-        f" UNION ALL SELECT followers FROM ({latest}) m WHERE {ranges}) x ORDER BY followers",
-        *params.values,
-    )
-    values: dict[int, list[int]] = {row["bin"]: [] for row in bins}
-    for row in rows:
-        values[row["bin"]].append(int(row["followers"]))
-    return values
+    return Demographics(fb, followers, engagement)
 
 
 async def rejected_summary(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from adfunnel import bench_reports
-from adfunnel.bench_reports import Timings, percentile, table
+from adfunnel.bench_reports import Timings, table
 from adfunnel.seed import SeedPlan, seed
+from adfunnel.stats import percentile
 
 
 def test_percentile_is_nearest_rank() -> None:
