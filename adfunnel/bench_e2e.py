@@ -366,6 +366,7 @@ def _run_own_system(
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
+            log_to_driver=False,  # the system's per-batch logs would bury the table
         )
         try:
             port = embedded.free_port()

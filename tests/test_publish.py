@@ -251,6 +251,7 @@ class StubGateway:
             if not message.get("more_body"):
                 break
         self.arrived += 1
+        number = self.arrived  # this request's own; `arrived` moves on while it waits
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -261,7 +262,7 @@ class StubGateway:
                     await asyncio.wait_for(self.gate_opened.wait(), 10)
             else:
                 await asyncio.sleep(0.01)  # lets requests overlap
-            status, answer = self.answer(scope, body)
+            status, answer = self.answer(scope, body, number)
         finally:
             self.in_flight -= 1
         await send(
@@ -273,7 +274,7 @@ class StubGateway:
         )
         await send({"type": "http.response.body", "body": orjson.dumps(answer)})
 
-    def answer(self, scope: Message, body: bytes) -> tuple[int, dict[str, Any]]:
+    def answer(self, scope: Message, body: bytes, number: int) -> tuple[int, dict[str, Any]]:
         items = parse_body(body, 50_000)
         if self.secret is not None:
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
@@ -282,12 +283,12 @@ class StubGateway:
             except BadSignature as error:
                 self.answers.append(Answer(401, len(items)))
                 return 401, {"error": error.code, "message": error.message, "details": []}
-        if self.fail_every and self.arrived % self.fail_every == 0:
+        if self.fail_every and number % self.fail_every == 0:
             self.answers.append(Answer(503, len(items)))
             return 503, {"error": "bus_unavailable", "message": "try later", "details": []}
         sorted_out = triage(items)
         ids = {item.event_id for item in sorted_out.accepted}
-        cid = f"cid-{self.arrived}"
+        cid = f"cid-{number}"
         self.answers.append(Answer(202, len(items), ids, cid))
         duplicates = sorted_out.repeated + len(ids & self.seen)
         self.seen |= ids
