@@ -224,13 +224,16 @@ async def phase_sustained(
 
     async def sample_backlog(stop: asyncio.Event) -> None:
         started = time.monotonic()
-        while not stop.is_set():
-            stored = await visible_total(client) - before
-            pending = await _pending(target)
-            r.samples.append(
-                Sample(time.monotonic() - started, progress["accepted"], stored, pending)
-            )
-            await asyncio.sleep(1.0)
+        async with bench_system.jetstream(target.nats_url) as js:
+            while not stop.is_set():
+                stored = await visible_total(client) - before
+                pending = None
+                if js is not None:
+                    pending = await bench_system.pending_messages(js, target.stream)
+                r.samples.append(
+                    Sample(time.monotonic() - started, progress["accepted"], stored, pending)
+                )
+                await asyncio.sleep(1.0)
 
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_backlog(stop))
@@ -246,12 +249,6 @@ async def phase_sustained(
     await wait_visible(client, before + r.sustained_accepted, 900)
     if target.database_url:
         r.freshness += await _freshness(target.database_url, summary, plan)
-
-
-async def _pending(target: Target) -> int | None:
-    if target.nats_url is None:
-        return None
-    return await bench_system.pending_messages(target.nats_url, target.stream)
 
 
 async def _freshness(database_url: str, summary: PublishSummary, plan: BenchPlan) -> list[float]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from adfunnel import embedded, storage
@@ -84,13 +85,12 @@ class Servers:
 
     nats_url: str
     database_url: str
-    stop: list[embedded.EmbeddedServer] = field(default_factory=list)
 
 
 @contextmanager
 def servers(data_dir: Path, nats_url: str | None, database_url: str | None) -> Iterator[Servers]:
     """The servers to use, started under `data_dir` when not given."""
-    started = []
+    started: list[embedded.EmbeddedServer] = []
     try:
         if nats_url is None:
             started.append(embedded.start_nats(data_dir))
@@ -99,24 +99,32 @@ def servers(data_dir: Path, nats_url: str | None, database_url: str | None) -> I
             started.append(embedded.start_postgres(data_dir))
             server_url = started[-1].url
             database_url = asyncio.run(storage.prepared_database(server_url, embedded.DATABASE))
-        yield Servers(nats_url, database_url, started)
+        yield Servers(nats_url, database_url)
     finally:
         for server in reversed(started):
             server.stop()
 
 
-async def pending_messages(nats_url: str, stream: str) -> int:
-    """JetStream messages not yet acknowledged (pending plus in flight), over every lane."""
+@asynccontextmanager
+async def jetstream(nats_url: str | None) -> AsyncIterator[JetStreamContext | None]:
+    """One JetStream connection for a phase's samples (None without a NATS URL)."""
+    if nats_url is None:
+        yield None
+        return
     nc = await nats.connect(nats_url, name="adfunnel-bench-backlog")
     try:
-        js = nc.jetstream()
-        total = 0
-        for lane in LANES:
-            try:
-                info = await js.consumer_info(stream, f"{stream}-{lane}")
-            except NotFoundError:
-                continue
-            total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        return total
+        yield nc.jetstream()
     finally:
         await nc.close()
+
+
+async def pending_messages(js: JetStreamContext, stream: str) -> int:
+    """JetStream messages not yet acknowledged (pending plus in flight), over every lane."""
+    total = 0
+    for lane in LANES:
+        try:
+            info = await js.consumer_info(stream, f"{stream}-{lane}")
+        except NotFoundError:
+            continue
+        total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    return total

@@ -252,13 +252,21 @@ def where_clause(
 ) -> tuple[str, list[Any]]:
     """A parameterized WHERE clause for the filters, plus fixed `extra` conditions."""
     params = _Params()
-    conditions = list(extra)
+    conditions = [*extra, *_range_conditions(filters, params, time_column)]
+    conditions += _filter_conditions(filters, params)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), params.values
+
+
+def _range_conditions(
+    filters: EventFilters, params: _Params, time_column: str = "event_time"
+) -> list[str]:
+    """`start` (inclusive) and `end` (exclusive) as conditions on `time_column`."""
+    conditions = []
     if filters.start is not None:
         conditions.append(f"{time_column} >= {params.add(filters.start)}")
     if filters.end is not None:
         conditions.append(f"{time_column} < {params.add(filters.end)}")
-    conditions += _filter_conditions(filters, params)
-    return (" WHERE " + " AND ".join(conditions) if conditions else ""), params.values
+    return conditions
 
 
 class _Params:
@@ -483,10 +491,7 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
     """Rows of the demographics tables that disagree with the raw rows, by table (none,
     unless something is broken): rollups against the users with one event, and
     `repeat_user_events` against every event of the users with more."""
-    columns = (
-        "event_id, source, user_id, event_time, received_at, funnel_stage, age, gender,"
-        " country, city, followers, device"
-    )
+    columns = f"event_id, user_id, event_time, received_at, {_DEMOGRAPHIC_COLUMNS}"
     users = "SELECT source, user_id FROM events GROUP BY 1, 2 HAVING count(*)"
     expected = {
         "repeat_user_events": f"SELECT {columns} FROM events WHERE (source, user_id) IN"
@@ -529,15 +534,6 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
 # of the parts, so the parts add up.
 DEMOGRAPHIC_GRAINS = ("day", "hour")
 _SINGLE = "NOT EXISTS (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id)"
-
-
-def _range_conditions(filters: EventFilters, params: _Params) -> list[str]:
-    conditions = []
-    if filters.start is not None:
-        conditions.append(f"event_time >= {params.add(filters.start)}")
-    if filters.end is not None:
-        conditions.append(f"event_time < {params.add(filters.end)}")
-    return conditions
 
 
 # The columns a demographics query reads from an event.
@@ -697,6 +693,8 @@ async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
     for row in rows:
         if row["kind"] == "value":
             values.setdefault(row["bin"], []).append(int(row["followers"]))
+    for found in values.values():
+        found.sort()
     counted_bins = sorted((row for row in bins if row["bin"] is not None), key=lambda r: r["bin"])
     counted = sum(row["users"] for row in counted_bins)
     buckets: dict[str, int] = {}
@@ -713,7 +711,7 @@ async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
             if rank <= seen + row["users"]:
                 if row["bin"] not in values:
                     return int(row["bin"])  # a bin one value wide
-                return sorted(values[row["bin"]])[rank - seen - 1]
+                return values[row["bin"]][rank - seen - 1]
             seen += row["users"]
         raise AssertionError(f"rank {rank} beyond {counted} users")
 
