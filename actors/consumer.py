@@ -21,14 +21,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from adfunnel import logs
+from adfunnel import logs, metrics
 from adfunnel.bus import HEADER_CORRELATION, HEADER_MSG_ID, HEADER_RECEIVED_AT, Delivery, connect
 from adfunnel.errors import StorageUnavailable
 from adfunnel.settings import Settings
 
-log = structlog.get_logger("adfunnel.consumer")
+log = structlog.get_logger(component="consumer")
 
 _IDLE_FETCH_TIMEOUT_S = 1.0
+_LAG_PERIOD_S = 5.0
 
 
 def backoff_s(num_delivered: int) -> float:
@@ -63,6 +64,7 @@ class Consumer:
         index: int = 0,
     ) -> None:
         logs.configure(settings.log_level)
+        metrics.configure(settings.nats_stream)
         self.settings = settings
         self.nats_url = nats_url
         self.lane = lane
@@ -71,6 +73,7 @@ class Consumer:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._lag_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._storage_ok = True
         self._counts = {"messages": 0, "stored": 0, "duplicates": 0, "rejected": 0}
@@ -89,6 +92,7 @@ class Consumer:
                 durable=self.settings.durable_name(self.lane), stream=self.settings.nats_stream
             )
             self._tasks.append(asyncio.create_task(self._loop(slot, sub, writer)))
+        self._lag_task = asyncio.create_task(self._report_lag())
         log.info("consumer started", lane=self.lane, index=self.index, loops=len(self._tasks))
 
     async def _loop(self, slot: int, sub: JetStreamContext.PullSubscription, writer: Any) -> None:
@@ -121,6 +125,8 @@ class Consumer:
             return
         for msg in msgs:
             await msg.ack()
+        if self.lane in metrics.COLLECTOR_PREFIX:
+            metrics.collector_settled(self.lane, result.stored, result.duplicates, result.rejected)
         self._counts["messages"] += len(msgs)
         self._counts["stored"] += result.stored
         self._counts["duplicates"] += result.duplicates
@@ -132,7 +138,7 @@ class Consumer:
             messages=len(msgs),
             events=result.stored + result.duplicates + result.rejected,
             stored=result.stored,
-            correlation_ids=sorted({d.correlation_id for d in deliveries if d.correlation_id})[:8],
+            correlation_ids=sorted({d.correlation_id for d in deliveries if d.correlation_id}),
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
@@ -148,10 +154,29 @@ class Consumer:
             poisoned = delivery.num_delivered >= self.settings.max_deliver
             if poisoned and not storage_down:
                 with contextlib.suppress(Exception):
-                    await writer.dead_letter.remote(delivery, repr(error)[:500])
+                    moved = await writer.dead_letter.remote(delivery, repr(error)[:500])
                     await msg.ack()
+                    if self.lane in metrics.COLLECTOR_PREFIX:
+                        metrics.collector_failed(self.lane, "undeliverable", moved.rejected)
                     continue
             await msg.nak(delay=backoff_s(delivery.num_delivered))
+
+    async def _report_lag(self) -> None:
+        while not self._stopping:
+            state = await self._backlog()
+            if "pending" in state:
+                metrics.consumer_lag(self.lane, state["pending"], state["ack_pending"])
+            await asyncio.sleep(_LAG_PERIOD_S)
+
+    async def _backlog(self) -> dict[str, int]:
+        if self._js is None or self._nc is None or not self._nc.is_connected:
+            return {}
+        with contextlib.suppress(Exception):
+            info = await self._js.consumer_info(
+                self.settings.nats_stream, self.settings.durable_name(self.lane), timeout=2
+            )
+            return {"pending": info.num_pending, "ack_pending": info.num_ack_pending}
+        return {}
 
     async def status(self) -> dict[str, Any]:
         """Liveness and counters of this actor, with the durable consumer's backlog."""
@@ -162,19 +187,15 @@ class Consumer:
             "loops": sum(1 for task in self._tasks if not task.done()),
             "storage_ok": self._storage_ok,
             **self._counts,
+            **await self._backlog(),
         }
-        if self._js is not None and self._nc is not None and self._nc.is_connected:
-            with contextlib.suppress(Exception):
-                info = await self._js.consumer_info(
-                    self.settings.nats_stream, self.settings.durable_name(self.lane), timeout=2
-                )
-                state["pending"] = info.num_pending
-                state["ack_pending"] = info.num_ack_pending
         return state
 
     async def drain(self) -> None:
         """Stop fetching, let in-flight batches commit and ack, then close the connection."""
         self._stopping = True
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:

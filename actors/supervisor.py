@@ -24,7 +24,7 @@ from adfunnel import bus, embedded, logs, storage
 from adfunnel.errors import EmbeddedServerError
 from adfunnel.settings import Settings
 
-log = structlog.get_logger("adfunnel.supervisor")
+log = structlog.get_logger(component="supervisor")
 
 ACTOR_NAMESPACE = "adfunnel"
 WRITER_CPUS = 0.2

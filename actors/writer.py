@@ -18,14 +18,14 @@ import asyncpg
 import orjson
 import structlog
 
-from adfunnel import logs
+from adfunnel import logs, metrics
 from adfunnel.bus import Delivery, decode_lines, dump_json
 from adfunnel.errors import StorageUnavailable
 from adfunnel.schema import event_row, parse_timestamp
 from adfunnel.settings import Settings
 from adfunnel.storage import RejectedRow, StagedEvent, create_pool, insert_events, insert_rejected
 
-log = structlog.get_logger("adfunnel.writer")
+log = structlog.get_logger(component="writer")
 
 # SQLSTATE classes that say "try again later" rather than "this data is bad":
 # connection, resources, operator intervention, transaction rollback, system error.
@@ -124,6 +124,7 @@ class Writer:
 
     def __init__(self, settings: Settings, database_url: str, index: int) -> None:
         logs.configure(settings.log_level)
+        metrics.configure(settings.nats_stream)
         self.settings = settings
         self.database_url = database_url
         self.index = index
@@ -162,6 +163,12 @@ class Writer:
             result = WriteResult()
             for one in decoded:
                 result.add(await self._write_isolated(pool, one))
+        duration = time.perf_counter() - started
+        metrics.writer_batch(
+            deliveries[0].lane if deliveries else "none",
+            result.stored + result.duplicates + result.rejected,
+            duration,
+        )
         log.info(
             "batch written",
             writer=self.index,
@@ -169,8 +176,8 @@ class Writer:
             stored=result.stored,
             duplicates=result.duplicates,
             rejected=result.rejected,
-            correlation_ids=sorted({d.correlation_id for d in deliveries if d.correlation_id})[:8],
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            correlation_ids=sorted({d.correlation_id for d in deliveries if d.correlation_id}),
+            duration_ms=round(duration * 1000, 1),
         )
         return result
 

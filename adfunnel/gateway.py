@@ -8,6 +8,7 @@ If the bus cannot take them the answer is `503` with `Retry-After`, and nothing 
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from adfunnel import bus, http, logs
+from adfunnel import bus, http, logs, metrics
 from adfunnel.errors import BusUnavailable, PayloadTooLarge
 from adfunnel.ingest import (
     SIGNATURE_HEADER,
@@ -32,7 +33,7 @@ from adfunnel.ingest import (
 )
 from adfunnel.settings import Settings
 
-log = structlog.get_logger("adfunnel.gateway")
+log = structlog.get_logger(component="gateway")
 
 RETRY_AFTER_S = "2"
 
@@ -60,7 +61,7 @@ api = FastAPI(
     summary="Accepts Facebook and TikTok funnel events (one object or an array per POST).",
     version="0.1.0",
 )
-http.install(api)
+http.install(api, "gateway")
 
 _WEBHOOK_DOC: dict[str, Any] = {
     "requestBody": {
@@ -98,6 +99,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def record_batch(sorted_out: Triage) -> None:
+    """Count a batch the bus took: accepted by source, rejected by source and field."""
+    for source, count in sorted_out.accepted_by_source().items():
+        metrics.gateway_accepted(source, count)
+    failed: Counter[tuple[str, str]] = Counter()
+    for _, item in sorted_out.rejected:
+        claimed = item.payload.get("source") if isinstance(item.payload, dict) else None
+        failed[metrics.source_label(claimed), metrics.reason_label(item.reason)] += 1
+    for (source, reason), count in failed.items():
+        metrics.gateway_failed(source, reason, count)
+
+
 def readiness_components(status: dict[str, Any]) -> dict[str, Any]:
     """Turn the supervisor's status into per-component readiness entries."""
     if "error" in status:
@@ -133,6 +146,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, supervisor: DeploymentHandle[Any]) -> None:
         logs.configure(settings.log_level)
+        metrics.configure(settings.nats_stream)
         self.settings = settings
         self.supervisor = supervisor
         self._nc: NATS | None = None
@@ -179,6 +193,7 @@ class Gateway:
             log.warning("bus unavailable", error=str(error), events=len(items))
             return self._unavailable(str(error))
         duplicates = sorted_out.repeated + published.duplicate_events
+        record_batch(sorted_out)
         log.info(
             "batch accepted",
             events=len(items),

@@ -18,12 +18,13 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from adfunnel import metrics
 from adfunnel.errors import NotReady, RequestError
 
 CORRELATION_HEADER = "x-correlation-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
-log = structlog.get_logger("adfunnel.http")
+log = structlog.get_logger(component="http")
 
 
 class ErrorBody(BaseModel):
@@ -59,10 +60,15 @@ def correlation_id(request: Request) -> str:
 
 
 class CorrelationIdMiddleware:
-    """Pure ASGI middleware: no body buffering, so 25 MB webhook bodies stream through."""
+    """Pure ASGI middleware: no body buffering, so 25 MB webhook bodies stream through.
 
-    def __init__(self, app: ASGIApp) -> None:
+    It also counts every answer by status: the one place that sees all of them, errors
+    raised before a route runs included.
+    """
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
         self.app = app
+        self.name = name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,6 +82,7 @@ class CorrelationIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                metrics.http_response(self.name, message["status"])
                 headers = [
                     (k, v)
                     for k, v in message.get("headers", [])
@@ -89,9 +96,9 @@ class CorrelationIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
-def install(app: FastAPI) -> None:
-    """Correlation ids and the error shape for every route and every failure."""
-    app.add_middleware(CorrelationIdMiddleware)
+def install(app: FastAPI, name: str) -> None:
+    """Correlation ids, the error shape and status counts for every route and failure."""
+    app.add_middleware(CorrelationIdMiddleware, name=name)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> Response:

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,11 +95,21 @@ class Triage:
     accepted: list[Accepted] = field(default_factory=list)
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)
     # Accepted events whose eventId came earlier in the same request: counted, not re-sent.
-    repeated: int = 0
+    repeated_by_source: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def repeated(self) -> int:
+        return sum(self.repeated_by_source.values())
 
     @property
     def accepted_count(self) -> int:
         return len(self.accepted) + self.repeated
+
+    def accepted_by_source(self) -> Counter[str]:
+        """Accepted events per source, repeats included (as the `202` counts them)."""
+        counts = Counter(item.source for item in self.accepted)
+        counts.update(self.repeated_by_source)
+        return counts
 
 
 def _unstorable(value: Any) -> bool:
@@ -129,7 +140,7 @@ def triage(items: list[Any], *, check_storable: bool = True) -> Triage:
         if isinstance(result, Rejected):
             out.rejected.append((index, result))
         elif result.event_id in seen:
-            out.repeated += 1
+            out.repeated_by_source[result.source] += 1
         else:
             seen.add(result.event_id)
             out.accepted.append(result)

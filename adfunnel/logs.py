@@ -1,4 +1,8 @@
-"""Structured JSON logs: one line per batch on hot paths, always with the correlation id."""
+"""Structured JSON logs: one line per batch on hot paths, always with the correlation id.
+
+Every module logs through `structlog.get_logger(component=...)`, so each line says which
+part of the pipeline wrote it (gateway, consumer, writer, reporter, supervisor, http).
+"""
 
 from __future__ import annotations
 

@@ -11,18 +11,18 @@ import structlog
 from fastapi import FastAPI, Query, Response
 from ray import serve
 
-from adfunnel import http, logs, reports, storage
+from adfunnel import http, logs, metrics, reports, storage
 from adfunnel.errors import NotFound, NotReady
 from adfunnel.settings import Settings
 
-log = structlog.get_logger("adfunnel.reporter")
+log = structlog.get_logger(component="reporter")
 
 api = FastAPI(
     title="adfunnel reporter",
     summary="Event counts, revenue and demographics over the stored events.",
     version="0.1.0",
 )
-http.install(api)
+http.install(api, "reporter")
 
 SourceParam = Annotated[
     Literal["facebook", "tiktok"] | None, Query(description="Only this platform's events")
@@ -60,6 +60,7 @@ class Reporter:
 
     def __init__(self, settings: Settings, ingest_app: str = "ingest") -> None:
         logs.configure(settings.log_level)
+        metrics.configure(settings.nats_stream)
         self.settings = settings
         self.ingest_app = ingest_app
         self._pool: asyncpg.Pool | None = None
@@ -85,8 +86,9 @@ class Reporter:
     @api.get("/events/{event_id:path}", responses={404: {"model": http.ErrorBody}})
     async def event(self, event_id: str) -> Response:
         """One stored event with its trace: correlation id, received and stored times."""
-        async with self._db().acquire() as conn:
-            row = await storage.fetch_event(conn, event_id)
+        with metrics.report("event"):
+            async with self._db().acquire() as conn:
+                row = await storage.fetch_event(conn, event_id)
         if row is None:
             raise NotFound(f"no stored event with eventId {event_id!r}")
         body = (
@@ -115,9 +117,10 @@ class Reporter:
         """Event counts: exact total, breakdown by source/stage/type, optional series."""
         filters = reports.event_filters(start, end, source, funnel_stage, event_type)
         bucket = reports.interval_param(interval)
-        async with self._db().acquire() as conn:
-            breakdown = await storage.event_breakdown(conn, filters)
-            series = await storage.event_series(conn, filters, bucket) if bucket else None
+        with metrics.report("events"):
+            async with self._db().acquire() as conn:
+                breakdown = await storage.event_breakdown(conn, filters)
+                series = await storage.event_series(conn, filters, bucket) if bucket else None
         answer: dict[str, Any] = {
             "filters": reports.filters_echo(filters, bucket),
             "total": sum(r["count"] for r in breakdown),
@@ -150,9 +153,10 @@ class Reporter:
         """Exact revenue (two-decimal strings) by source and campaign, optional series."""
         filters = reports.revenue_filters(start, end, source, campaign_id)
         bucket = reports.interval_param(interval)
-        async with self._db().acquire() as conn:
-            groups = await storage.revenue_groups(conn, filters)
-            series = await storage.revenue_series(conn, filters, bucket) if bucket else None
+        with metrics.report("revenue"):
+            async with self._db().acquire() as conn:
+                groups = await storage.revenue_groups(conn, filters)
+                series = await storage.revenue_series(conn, filters, bucket) if bucket else None
         return http.json_response(reports.revenue_answer(filters, groups, series, bucket))
 
     @api.get("/demographics", responses={400: {"model": http.ErrorBody}})
@@ -164,7 +168,8 @@ class Reporter:
         answer: dict[str, Any] = {"filters": reports.filters_echo(filters)}
         for name in ("funnelStage", "eventType"):
             answer["filters"].pop(name)
-        found = await storage.demographics(self._db(), filters, source)
+        with metrics.report("demographics"):
+            found = await storage.demographics(self._db(), filters, source)
         if found.facebook is not None:
             answer["facebook"] = reports.facebook_section(found.facebook)
         if found.tiktok_followers is not None and found.tiktok_engagement is not None:
@@ -187,10 +192,11 @@ class Reporter:
         """Rejected events kept for inspection and replay: totals by reason, newest samples."""
         filters = reports.event_filters(start, end, None, None, None)
         echo = reports.filters_echo(filters)
-        async with self._db().acquire() as conn:
-            total, by_reason, samples = await storage.rejected_summary(
-                conn, filters, reasons=100, samples=limit
-            )
+        with metrics.report("rejected"):
+            async with self._db().acquire() as conn:
+                total, by_reason, samples = await storage.rejected_summary(
+                    conn, filters, reasons=100, samples=limit
+                )
         body = (
             b'{"filters":'
             + orjson.dumps({"from": echo["from"], "to": echo["to"]})

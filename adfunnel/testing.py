@@ -6,17 +6,24 @@ Lives beside the code (not under tests/) so the benchmark and the publisher can 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+import ray
+import yaml
 from ray import serve
 
 import serve_app
+from adfunnel.embedded import free_port
 
 T = TypeVar("T")
 
@@ -124,3 +131,100 @@ def undeploy() -> None:
     """Delete both applications; the supervisor drains and stops what it started."""
     for name in ("reports", "ingest"):
         serve.delete(name, _blocking=True)
+
+
+def dashboard_queries(directory: Path) -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, PromQL) of every panel target of every dashboard."""
+    found: list[tuple[str, str, str]] = []
+    for path in sorted(directory.glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        panels = list(dashboard.get("panels", []))
+        while panels:
+            panel = panels.pop(0)
+            panels.extend(panel.get("panels", []))  # rows may nest their panels
+            for target in panel.get("targets", []):
+                found.append((path.name, panel["title"], target["expr"]))
+    return found
+
+
+@dataclass
+class Prometheus:
+    """A real Prometheus server started for a test, and its HTTP query API."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query (an error answer raises)."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
+        body = response.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus refused {expr!r}: {body}")
+        return list(body["data"]["result"])
+
+    def value(self, expr: str) -> float | None:
+        """The single value of a query that sums to one series, or None when it has none."""
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_prometheus(
+    config: Path, targets: list[str], work_dir: Path, *, scrape_interval: str = "1s"
+) -> Prometheus:
+    """Run Prometheus with `config`, its file service discovery pointed at `targets`.
+
+    The project's local config reads Ray's service-discovery file; here a file of the same
+    format lists the test cluster's metrics port, and the scrape interval is shortened.
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise FileNotFoundError("prometheus is not installed (apt-get install prometheus)")
+    sd_file = work_dir / "targets.json"
+    sd_file.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+    settings = yaml.safe_load(config.read_text())
+    settings["global"]["scrape_interval"] = scrape_interval
+    for job in settings["scrape_configs"]:
+        for sd in job.get("file_sd_configs", []):
+            sd["files"] = [str(sd_file)]
+            sd["refresh_interval"] = scrape_interval
+    test_config = work_dir / "prometheus.yml"
+    test_config.write_text(yaml.safe_dump(settings))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={test_config}",
+            f"--storage.tsdb.path={work_dir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(work_dir / "prometheus.log").open("wb"),
+    )
+    server = Prometheus(f"http://127.0.0.1:{port}", process)
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return process.poll() is not None  # exited: stop waiting, fail below
+
+    wait_until(up, timeout=60, what="prometheus ready")
+    if process.poll() is not None:
+        raise RuntimeError(f"prometheus exited: {(work_dir / 'prometheus.log').read_text()}")
+    return server
+
+
+def ray_logs_dir() -> Path:
+    """Where this process's Ray cluster keeps its processes' log files."""
+    node = ray._private.worker._global_node
+    if node is None:
+        raise RuntimeError("Ray is not initialized in this process")
+    return Path(node.get_logs_dir_path())
