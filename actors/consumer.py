@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +56,8 @@ def to_delivery(lane: str, msg: Msg) -> Delivery:
 class Consumer:
     """Pulls one lane's durable consumer and hands batches to the writer pool."""
 
-    def __init__(
+    # Ray actors support `async def __init__`; type checkers expect `-> None` all the same.
+    async def __init__(  # type: ignore[misc]
         self,
         settings: Settings,
         nats_url: str,
@@ -77,9 +79,15 @@ class Consumer:
         self._stopping = False
         self._storage_ok = True
         self._counts = {"messages": 0, "stored": 0, "duplicates": 0, "rejected": 0}
+        # Started by the constructor, not by the owner: when the process dies, Ray restarts
+        # the actor by running the constructor again, and the loops must come back with it.
+        self._started = asyncio.get_running_loop().create_task(self._start())
 
     async def start(self) -> None:
-        """Connect and start the fetch loops; returns once they run."""
+        """Returns once the fetch loops run (they start with the actor)."""
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
         while self._nc is None:
             try:
                 self._nc = await connect(self.nats_url, name=f"consumer-{self.lane}-{self.index}")
@@ -183,6 +191,7 @@ class Consumer:
         state: dict[str, Any] = {
             "lane": self.lane,
             "index": self.index,
+            "pid": os.getpid(),
             "connected": bool(self._nc and self._nc.is_connected),
             "loops": sum(1 for task in self._tasks if not task.done()),
             "storage_ok": self._storage_ok,

@@ -8,6 +8,7 @@ in the rejected store with its reason and the rest of its batch is still stored.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -139,6 +140,10 @@ class Writer:
             except (OSError, asyncpg.PostgresError) as error:
                 raise StorageUnavailable(f"cannot connect to PostgreSQL: {error!r}") from error
         return self._pool
+
+    async def pid(self) -> int:
+        """The process id (for operators and fault tests)."""
+        return os.getpid()
 
     async def ping(self) -> bool:
         """True when the writer can reach PostgreSQL."""

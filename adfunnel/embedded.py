@@ -144,8 +144,11 @@ def _pg_user() -> str | None:
     return _PG_SYSTEM_USER
 
 
-def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
-    """Start PostgreSQL (the `pgserver` wheel's binaries) on `data_dir/postgres`."""
+def start_postgres(
+    data_dir: Path, *, port: int | None = None, timeout: float = 60.0
+) -> EmbeddedServer:
+    """Start PostgreSQL (the `pgserver` wheel's binaries) on `data_dir/postgres` (on `port`,
+    or a free one)."""
     pgdata = data_dir / "postgres"
     user = _pg_user()
     if not (pgdata / "PG_VERSION").exists():
@@ -170,7 +173,7 @@ def start_postgres(data_dir: Path, *, timeout: float = 60.0) -> EmbeddedServer:
             capture_output=True,
             user=user,
         )
-    port = free_port()
+    port = port or free_port()
     log = data_dir / "postgres.log"
     if user:
         with contextlib.suppress(FileNotFoundError):

@@ -52,7 +52,7 @@ def reason_label(reason: str) -> str:
 
 def source_label(source: object) -> str:
     """A bounded label for an event's claimed source (rejected events claim anything)."""
-    return source if source in COLLECTOR_PREFIX else "unknown"
+    return source if isinstance(source, str) and source in COLLECTOR_PREFIX else "unknown"
 
 
 def configure(pipeline: str) -> None:

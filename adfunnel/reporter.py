@@ -71,7 +71,9 @@ class Reporter:
             try:
                 supervisor = serve.get_deployment_handle("Supervisor", app_name=self.ingest_app)
                 endpoints = await supervisor.endpoints.remote()
-                self._pool = await storage.create_pool(endpoints.database_url, size=4)
+                self._pool = await storage.create_pool(
+                    endpoints.database_url, size=4, read_only=True
+                )
                 log.info("reporter connected")
                 return
             except Exception as error:  # noqa: BLE001  # the ingest app may still be starting
@@ -87,8 +89,12 @@ class Reporter:
     async def event(self, event_id: str) -> Response:
         """One stored event with its trace: correlation id, received and stored times."""
         with metrics.report("event"):
-            async with self._db().acquire() as conn:
-                row = await storage.fetch_event(conn, event_id)
+            # PostgreSQL text cannot hold NUL, so no stored eventId has one (and asking
+            # the database would be an error, not a miss).
+            row = None
+            if "\x00" not in event_id:
+                async with self._db().acquire() as conn:
+                    row = await storage.fetch_event(conn, event_id)
         if row is None:
             raise NotFound(f"no stored event with eventId {event_id!r}")
         body = (

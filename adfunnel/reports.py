@@ -71,6 +71,9 @@ def revenue_filters(
     base = event_filters(start, end, source, None, None)
     if campaign_id is not None and not 0 < len(campaign_id) <= 512:
         raise _bad("campaignId", "must be 1 to 512 characters")
+    if campaign_id is not None and "\x00" in campaign_id:
+        # PostgreSQL text cannot hold NUL: no stored campaign has one.
+        raise _bad("campaignId", "must not contain NUL characters")
     return EventFilters(base.start, base.end, base.source, campaign_id=campaign_id)
 
 

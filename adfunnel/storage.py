@@ -129,8 +129,12 @@ async def _json_text(conn: Conn) -> None:
     )
 
 
-async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
-    """A small pool; each connection is prepared for staging writes."""
+async def create_pool(dsn: str, *, size: int, read_only: bool = False) -> asyncpg.Pool:
+    """A small pool; each connection is prepared for staging writes, or can only read."""
+    settings = {"jit": "off", "work_mem": "32MB"}
+    if read_only:
+        # The reporter's sessions: a write, whatever its origin, fails in PostgreSQL itself.
+        settings["default_transaction_read_only"] = "on"
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
@@ -141,7 +145,7 @@ async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
         # compiling one (chosen by estimated cost, which big tables inflate) takes a second.
         # Sorts of a few hundred thousand narrow rows (latest event per repeat user) fit in
         # memory with this, instead of spilling to disk.
-        server_settings={"jit": "off", "work_mem": "32MB"},
+        server_settings=settings,
     )
     assert pool is not None
     return pool

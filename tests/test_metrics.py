@@ -28,7 +28,15 @@ def test_reason_labels_come_from_a_bounded_alphabet(reason: str) -> None:
     assert label == "other" or (len(label) <= 64 and set(label) <= metrics._REASON_CHARS)
 
 
-@given(st.one_of(st.none(), st.integers(), st.text(max_size=20)))
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(max_size=20),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
+)
 def test_a_claimed_source_is_one_of_the_known_ones_or_unknown(claimed: object) -> None:
     assert metrics.source_label(claimed) in {"facebook", "tiktok", "unknown"}
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from adfunnel.errors import InvalidParameter
-from adfunnel.reports import event_filters, filters_echo, interval_param, iso_utc
+from adfunnel.reports import event_filters, filters_echo, interval_param, iso_utc, revenue_filters
 from adfunnel.storage import EventFilters, where_clause
 
 FACEBOOK_TOP = ("ad.view", "page.like", "comment", "video.view")
@@ -273,3 +273,10 @@ def test_values_never_appear_in_the_sql() -> None:
     where, params = where_clause(EventFilters(source="x'; DROP TABLE events; --"))
     assert "DROP" not in where
     assert params == ["x'; DROP TABLE events; --"]
+
+
+@pytest.mark.parametrize("campaign_id", ["", "x" * 513, "cmp\x00"])
+def test_a_campaign_id_that_cannot_be_stored_is_a_400_naming_it(campaign_id: str) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        revenue_filters(None, None, None, campaign_id)
+    assert "campaignId" in caught.value.message

@@ -489,3 +489,19 @@ async def test_fetch_event_keeps_an_integer_beyond_64_bits(pool: asyncpg.Pool) -
         fetched = await storage.fetch_event(conn, event["eventId"])
     assert fetched is not None
     assert json.loads(fetched["payload"]) == event
+
+
+async def test_a_read_only_pool_can_read_and_never_write(pool: asyncpg.Pool, database: str) -> None:
+    reader = await storage.create_pool(database, size=1, read_only=True)
+    try:
+        assert await reader.fetchval("SELECT count(*) FROM events") == 0
+        for statement in (
+            "INSERT INTO rejected_events (dedup_key, reason, received_at) VALUES ('k', 'r', now())",
+            "DELETE FROM events",
+            "CREATE TEMP TABLE scratch (x int)",
+            "DROP TABLE events",
+        ):
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await reader.execute(statement)
+    finally:
+        await reader.close()

@@ -1,0 +1,345 @@
+"""Faults under load (SPEC §5): every event that got a `202` is stored exactly once.
+
+Each test runs the publisher simulator against the pipeline, breaks something in the
+middle, lets the system recover by itself, then checks every promised eventId against the
+database and the reporter's total against the rows (nothing counted twice). With
+`ADFUNNEL_CHAOS_REPORT=FILE` each test appends its figures to FILE as JSON lines (the
+README's reliability table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+import yaml
+
+from actors.supervisor import ACTOR_NAMESPACE, actor_name
+from adfunnel import embedded, storage
+from adfunnel.generator import Generator
+from adfunnel.publish import PublishOptions, PublishSummary, publish
+from adfunnel.testing import (
+    Deployed,
+    db_fetch,
+    deploy,
+    run,
+    undeploy,
+    unique_names,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Load:
+    """The publisher simulator in a thread, sending until `stop`."""
+
+    def __init__(self, base_url: str, seed: int, rate: float = 3_000) -> None:
+        self.options = PublishOptions(
+            endpoint=f"{base_url}/webhook",
+            rate=rate,
+            min_batch=500,
+            max_batch=3_000,
+            duplicate_share=0.02,
+            invalid_share=0.005,
+            concurrency=4,
+            timeout_s=60,
+            seed=seed,
+        )
+        self._ready = threading.Event()
+        self._summary: PublishSummary | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(30)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        self._summary = await publish(self.options, stop=self._stop)
+
+    def run_for(self, seconds: float) -> None:
+        """Let the load run for a while (the fault happens between these)."""
+        time.sleep(seconds)
+
+    def stop(self) -> PublishSummary:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(240)
+        assert self._summary is not None, "the publisher did not finish"
+        return self._summary
+
+
+@dataclass
+class Outcome:
+    """One fault's figures."""
+
+    fault: str
+    sent: int
+    accepted: int
+    stored: int
+    lost: int
+    duplicated: int
+    statuses: dict[str, int]
+
+
+def settle(fault: str, database_url: str, base_url: str, summary: PublishSummary) -> Outcome:
+    """Wait until every promised event is stored, then count lost and double-counted."""
+    promised = sorted(summary.accepted_ids())
+
+    def stored_count() -> int:
+        rows = db_fetch(
+            database_url,
+            "SELECT count(*) AS n FROM events WHERE event_id = ANY($1)",
+            promised,
+        )
+        return int(rows[0]["n"])
+
+    with contextlib.suppress(TimeoutError):  # what is missing then is reported as lost
+        wait_until(lambda: stored_count() == len(promised), timeout=240, interval=1)
+    stored = stored_count()
+    rows = int(db_fetch(database_url, "SELECT count(*) AS n FROM events")[0]["n"])
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        total = int(client.get("/reports/events").json()["total"])
+    statuses: dict[str, int] = {}
+    for post in summary.posts:
+        key = str(post.status) if post.status is not None else "transport error"
+        statuses[key] = statuses.get(key, 0) + 1
+    outcome = Outcome(
+        fault=fault,
+        sent=summary.sent,
+        accepted=len(promised),
+        stored=stored,
+        lost=len(promised) - stored,
+        # A row is stored once by its primary key; counted twice would show in the reports.
+        duplicated=total - rows,
+        statuses=statuses,
+    )
+    report = os.environ.get("ADFUNNEL_CHAOS_REPORT")
+    if report:
+        with open(report, "a") as out:
+            out.write(json.dumps(asdict(outcome)) + "\n")
+    return outcome
+
+
+def assert_kept(outcome: Outcome) -> None:
+    assert outcome.accepted > 0, outcome
+    assert (outcome.lost, outcome.duplicated) == (0, 0), outcome
+
+
+def actor_call(method: Any) -> Any:
+    """Call an actor method and wait for its answer (Ray's stubs type this poorly)."""
+    return ray.get(method.remote(), timeout=30)
+
+
+def ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health/ready", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_writers_killed_with_sigkill_mid_batch_three_times(system: Deployed) -> None:
+    stream = system.settings["nats_stream"]
+    load = Load(system.base_url, seed=101)
+    for round_ in range(3):
+        load.run_for(4)
+        writer = ray.get_actor(actor_name(stream, "writer", round_ % 2), namespace=ACTOR_NAMESPACE)
+        os.kill(actor_call(writer.pid), signal.SIGKILL)
+    load.run_for(4)
+    summary = load.stop()
+    # Ray restarted each writer (max_restarts) without anyone asking.
+    wait_until(lambda: ready(system.base_url), timeout=120, what="ready after the kills")
+    assert_kept(
+        settle(
+            "writer killed (SIGKILL) 3 times",
+            system.settings["database_url"],
+            system.base_url,
+            summary,
+        )
+    )
+
+
+def test_a_consumer_killed_with_sigkill_comes_back_by_itself(system: Deployed) -> None:
+    stream = system.settings["nats_stream"]
+    consumer = ray.get_actor(actor_name(stream, "consumer-facebook", 0), namespace=ACTOR_NAMESPACE)
+    load = Load(system.base_url, seed=102)
+    load.run_for(5)
+    old_pid = actor_call(consumer.status)["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    load.run_for(8)
+    summary = load.stop()
+
+    def restarted() -> bool:
+        try:
+            state = actor_call(consumer.status)
+        except Exception:  # still restarting
+            return False
+        return bool(state["pid"] != old_pid and state["loops"] > 0)
+
+    wait_until(restarted, timeout=120, what="the consumer restarted with its fetch loops")
+    wait_until(lambda: ready(system.base_url), timeout=120, what="ready after the kill")
+    assert_kept(
+        settle(
+            "consumer killed (SIGKILL)", system.settings["database_url"], system.base_url, summary
+        )
+    )
+
+
+@pytest.fixture
+def own_servers(tmp_path: Path) -> Iterator[dict[str, embedded.EmbeddedServer]]:
+    """NATS and PostgreSQL this test may stop and start again on the same port and data."""
+    servers = {
+        "nats": embedded.start_nats(tmp_path / "own"),
+        "postgres": embedded.start_postgres(tmp_path / "own"),
+    }
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def _own_system(
+    ray_cluster: str, servers: dict[str, embedded.EmbeddedServer], tmp_path: Path
+) -> Deployed:
+    run(storage.wait_for_database(servers["postgres"].url))
+    settings = {
+        "nats_url": servers["nats"].url,
+        "database_url": servers["postgres"].url,
+        "data_dir": str(tmp_path / "data"),
+        **unique_names(),
+    }
+    return deploy(ray_cluster, settings)
+
+
+def test_nats_stopped_for_seconds_then_started_again(
+    ray_cluster: str, own_servers: dict[str, embedded.EmbeddedServer], tmp_path: Path
+) -> None:
+    system = _own_system(ray_cluster, own_servers, tmp_path)
+    try:
+        load = Load(system.base_url, seed=103)
+        load.run_for(5)
+        nats = own_servers["nats"]
+        nats.stop()
+        load.run_for(2)
+        with httpx.Client(base_url=system.base_url, timeout=30) as client:
+            refused = client.post("/webhook", json=Generator(seed=9).batch(10))
+            readiness = client.get("/health/ready")
+        load.run_for(3)
+        own_servers["nats"] = embedded.start_nats(tmp_path / "own", port=_port(nats.url))
+        wait_until(lambda: ready(system.base_url), timeout=120, what="ready after NATS came back")
+        load.run_for(5)
+        summary = load.stop()
+        outcome = settle(
+            "NATS stopped ~5 s", system.settings["database_url"], system.base_url, summary
+        )
+    finally:
+        undeploy()
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert readiness.status_code == 503 and readiness.json()["components"]["nats"]["ok"] is False
+    # While NATS was away some POSTs got 503 and claimed nothing; the rest were kept.
+    assert outcome.statuses.get("503", 0) > 0, outcome
+    assert_kept(outcome)
+
+
+def test_postgresql_stopped_for_30_seconds_then_started_again(
+    ray_cluster: str, own_servers: dict[str, embedded.EmbeddedServer], tmp_path: Path
+) -> None:
+    system = _own_system(ray_cluster, own_servers, tmp_path)
+    try:
+        load = Load(system.base_url, seed=104)
+        load.run_for(5)
+        postgres = own_servers["postgres"]
+        postgres.stop()
+        load.run_for(5)
+        with httpx.Client(base_url=system.base_url, timeout=30) as client:
+            readiness = client.get("/health/ready")
+        load.run_for(25)
+        own_servers["postgres"] = embedded.start_postgres(
+            tmp_path / "own", port=_port(postgres.url)
+        )
+        wait_until(lambda: ready(system.base_url), timeout=180, what="ready after PostgreSQL")
+        load.run_for(5)
+        summary = load.stop()
+        outcome = settle(
+            "PostgreSQL stopped 30 s", system.settings["database_url"], system.base_url, summary
+        )
+    finally:
+        undeploy()
+    assert readiness.status_code == 503, readiness.text
+    assert readiness.json()["components"]["postgres"]["ok"] is False
+    # The gateway kept accepting while JetStream had room: the outage cost no POST.
+    assert set(outcome.statuses) == {"202"}, outcome
+    assert_kept(outcome)
+
+
+def _start_system(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "adfunnel"), "run", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_sigterm_to_the_whole_system_mid_load_then_a_restart_on_the_same_data(
+    servers: Any, database: str, tmp_path: Path
+) -> None:
+    port = embedded.free_port()
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["http_options"]["port"] = port
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        # Its own Ray, not the test session's: SIGTERM must end everything it started.
+        "RAY_ADDRESS": "local",
+        "NATS_URL": servers.nats_url,
+        "DATABASE_URL": database,
+        "DATA_DIR": str(tmp_path / "data"),
+        **{key.upper(): value for key, value in unique_names().items()},
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "system.log"
+    process = _start_system(config_path, env, log)
+    try:
+        wait_until(lambda: ready(base_url), timeout=240, what=f"the system up ({log})")
+        load = Load(base_url, seed=105)
+        load.run_for(8)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=180) == 0, log.read_text()[-3000:]
+        summary = load.stop()
+        process = _start_system(config_path, env, log)
+        wait_until(lambda: ready(base_url), timeout=240, what="the system up again")
+        outcome = settle("SIGTERM to the whole system, restart", database, base_url, summary)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert_kept(outcome)
