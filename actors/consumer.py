@@ -1,10 +1,10 @@
 """Consumer actors: one per lane (a source, or the rejected lane) pulling its durable consumer.
 
 Each actor runs one fetch loop per writer so that every writer can have a batch in flight.
-A message is acked only after its writer committed; a failed write is nak'ed with a
-growing delay, and a message on its last allowed delivery goes to the rejected store
-instead of looping forever. More actors of a lane bind the same durable consumer, so
-JetStream spreads the messages between them.
+A message is acked only after its writer committed; a failed batch is retried message by
+message, a failed message is nak'ed with a growing delay, and a message on its last
+allowed delivery goes to the rejected store instead of looping forever. More actors of a
+lane bind the same durable consumer, so JetStream spreads the messages between them.
 """
 
 from __future__ import annotations
@@ -129,6 +129,14 @@ class Consumer:
         try:
             result = await writer.write.remote(deliveries)
         except Exception as error:  # noqa: BLE001  # any failure: nothing committed, redeliver
+            if len(msgs) > 1 and not isinstance(error, StorageUnavailable):
+                # One message may fail every time (a writer that crashes on it): settle the
+                # messages one by one, so the others are stored now and only that one is
+                # redelivered, and dead-lettered alone when it runs out of deliveries.
+                log.warning("batch failed, isolating", lane=self.lane, messages=len(msgs))
+                for msg in msgs:
+                    await self._handle(slot, [msg], writer)
+                return
             await self._failed(msgs, deliveries, writer, error)
             return
         for msg in msgs:
