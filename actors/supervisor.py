@@ -92,6 +92,8 @@ class Supervisor:
                 namespace=ACTOR_NAMESPACE,
                 num_cpus=WRITER_CPUS,
                 max_restarts=-1,
+                # Over every node of a multi-node cluster, rather than packed on one.
+                scheduling_strategy="SPREAD",
                 max_concurrency=8,
             )
             .remote(settings, database_url, i)
@@ -108,6 +110,7 @@ class Supervisor:
                         namespace=ACTOR_NAMESPACE,
                         num_cpus=CONSUMER_CPUS,
                         max_restarts=-1,
+                        scheduling_strategy="SPREAD",
                         max_concurrency=64,
                     )
                     .remote(settings, nats_url, lane, self.writers, i)

@@ -68,6 +68,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         max_bytes=settings.stream_max_bytes,
         duplicate_window=settings.duplicate_window_s,
         max_msg_size=settings.max_message_bytes + 64 * 1024,
+        num_replicas=settings.stream_replicas,
     )
 
 

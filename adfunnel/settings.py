@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     events_per_message: int = Field(1_000, gt=0)
     max_message_bytes: int = Field(768 * 1024, gt=0, description="Under NATS' 1 MiB default")
     stream_max_bytes: int = Field(4 * 1024 * MIB, description="Backlog room; -1 is unlimited")
+    # 3 on a JetStream cluster: a message is then on a quorum of servers before its 202.
+    stream_replicas: int = Field(1, ge=1, le=5)
     duplicate_window_s: float = Field(120.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0)
     writer_pool_size: int = Field(2, gt=0)

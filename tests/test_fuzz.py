@@ -93,12 +93,16 @@ def test_random_json_to_the_webhook(module_system: Deployed, body: Any) -> None:
 
 
 @FUZZ
-@given(batch=st.lists(mutated_events(), min_size=1, max_size=5), signature=st.text(max_size=80))
+@given(
+    batch=st.lists(mutated_events(), min_size=1, max_size=5),
+    # Any value a client can send as a header (visible ASCII).
+    signature=st.from_regex(r"[!-~]{0,80}", fullmatch=True),
+)
 def test_mutated_events_are_accepted_or_rejected_one_by_one(
     module_system: Deployed, batch: list[Any], signature: str
 ) -> None:
     # No secret is configured: a stray signature header must change nothing.
-    headers = {"x-signature": signature} if signature.isascii() and signature.isprintable() else {}
+    headers = {"x-signature": signature} if signature else {}
     with module_system.client(timeout=30) as client:
         answer = check(client.post("/webhook", json=batch, headers=headers))
     assert answer["accepted"] + answer["rejected"] == len(batch)
