@@ -25,6 +25,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 # user; this private cluster on 127.0.0.1 goes without, so it cannot disturb the test
 # session's own cluster (or be disturbed by it).
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -71,6 +72,12 @@ def two_nodes(tmp_path: Path) -> Iterator[str]:
                 node.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 node.kill()
+        # `ray start --head` records its address for later `ray.init()` / `serve run` calls
+        # without an address, and a SIGTERM'd head leaves it behind: a later `serve run`
+        # would wait for this dead cluster instead of starting its own.
+        current = CURRENT_CLUSTER.read_text().strip() if CURRENT_CLUSTER.exists() else ""
+        if current.endswith(f":{port}"):
+            CURRENT_CLUSTER.unlink()
 
 
 def _alive_nodes(address: str) -> int:
