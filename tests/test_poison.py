@@ -25,7 +25,7 @@ from adfunnel.bus import Delivery
 from adfunnel.generator import Generator
 from adfunnel.ingest import triage
 from adfunnel.settings import Settings
-from adfunnel.testing import db_fetch, run, unique_names, wait_until
+from adfunnel.testing import db_fetch, run, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,17 +83,16 @@ async def _prepare(settings: Settings, events: list[dict[str, Any]]) -> None:
 
 
 def test_a_message_that_always_fails_is_dead_lettered_after_bounded_redeliveries(
-    ray_cluster: str, servers: Any, database: str
+    ray_cluster: str, system_settings: dict[str, Any]
 ) -> None:
     settings = Settings.model_validate(
         {
-            "nats_url": servers.nats_url,
-            "database_url": database,
+            **system_settings,
             "max_deliver": 3,
             "events_per_message": 1,  # one event per message: the marked one travels alone
-            **unique_names(),
         }
     )
+    database = system_settings["database_url"]
     events = Generator(seed=5).batch(40)
     facebook = [event for event in events if event["source"] == "facebook"]
     facebook[3]["note"] = MARK.decode()  # an extra field: valid, kept in the payload
@@ -133,13 +132,3 @@ def test_a_message_that_always_fails_is_dead_lettered_after_bounded_redeliveries
         ray.get(consumer.drain.remote(), timeout=60)
         ray.kill(consumer)
         ray.kill(writer)
-        run(_delete_stream(settings))
-
-
-async def _delete_stream(settings: Settings) -> None:
-    assert settings.nats_url
-    nc = await bus.connect(settings.nats_url, name="poison-test")
-    try:
-        await nc.jetstream().delete_stream(settings.nats_stream)
-    finally:
-        await nc.close()
