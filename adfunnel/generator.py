@@ -29,13 +29,21 @@ __all__ = [
     "CAMPAIGN_IDS",
     "CORRUPTION_KINDS",
     "COUNTRIES",
+    "DEFAULT_HOT_SHARE",
+    "DEFAULT_RETURNING_SHARE",
     "EVENT_TYPES",
     "FOLLOWER_BUCKETS",
     "Generator",
     "isoformat",
+    "user_mix",
 ]
 
 _T = TypeVar("_T")
+
+# userId, name, age, gender, country, city
+_FacebookUser = tuple[str, str, int, str, str, str]
+# userId, username, followers
+_TiktokUser = tuple[str, str, int]
 
 EVENT_TYPES: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
     "facebook": {
@@ -162,10 +170,13 @@ _FB_BROWSERS: Final = ("Chrome", "Firefox", "Safari")
 _TTK_DEVICES: Final = ("Android", "iOS", "Desktop")
 _TTK_DEVICE_CUM_WEIGHTS: Final = (50, 90, 100)
 
-# Returning users: a small share of events reuses a recent user so that "latest event's
-# attributes win" in demographics has something to do; the rest are new, as with the publisher.
-_RETURNING_SHARE: Final = 0.02
+# Returning users: by default a small share of events reuses a recent user so that "latest
+# event's attributes win" in demographics has something to do; the rest are new, as with the
+# publisher. Funnel-shaped traffic (view, click, purchase) needs a larger share.
+DEFAULT_RETURNING_SHARE: Final = 0.02
 _RECENT_USERS: Final = 500
+# What a pool of hot users (bots, heavy users) carries unless told otherwise.
+DEFAULT_HOT_SHARE: Final = 0.5
 # Share of purchases that arrive without an amount (the publisher's type allows null there).
 _NULL_AMOUNT_SHARE: Final = 0.1
 # Top-funnel events outnumber bottom-funnel ones, as in any funnel.
@@ -268,6 +279,36 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def user_mix(
+    returning_share: float = DEFAULT_RETURNING_SHARE,
+    hot_users: int = 0,
+    hot_share: float | None = None,
+) -> tuple[float, int, float]:
+    """Check a user mix and resolve `hot_share=None`; returns (returning, hot users, hot share).
+
+    Both shares are of all events, so together they are at most 1; the remaining events get
+    new users. `hot_share=None` means DEFAULT_HOT_SHARE with hot users, 0 without. Raises
+    ValueError naming the bad value. The publisher's and the seeder's options use it too, so
+    a bad mix is refused before any work starts, with the same message everywhere.
+    """
+    if not 0.0 <= returning_share <= 1.0:
+        raise ValueError(f"returning_share must be between 0 and 1, not {returning_share!r}")
+    if isinstance(hot_users, bool) or not isinstance(hot_users, int) or hot_users < 0:
+        raise ValueError(f"hot_users must be an integer >= 0, not {hot_users!r}")
+    if hot_share is None:
+        hot_share = DEFAULT_HOT_SHARE if hot_users else 0.0
+    elif not 0.0 <= hot_share <= 1.0:
+        raise ValueError(f"hot_share must be between 0 and 1, not {hot_share!r}")
+    elif hot_share > 0.0 and not hot_users:
+        raise ValueError(f"hot_share {hot_share!r} needs hot_users > 0")
+    if returning_share + hot_share > 1.0:
+        raise ValueError(
+            f"returning_share {returning_share!r} and hot_share {hot_share!r} add up to more"
+            " than 1: both are shares of all events"
+        )
+    return returning_share, hot_users, hot_share
+
+
 def _count(n: int, share: float, name: str) -> int:
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"{name} must be between 0 and 1, not {share!r}")
@@ -279,22 +320,49 @@ class Generator:
 
     `seed=None` seeds from the OS. `clock` gives "now" for events without an explicit `at`
     (default: wall time, UTC); inject a fixed one to make timestamps reproducible too.
+
+    Users, per source: `returning_share` of the events reuse one of the last 500 new users
+    of that source; with `hot_users=N`, `hot_share` of the events (None: DEFAULT_HOT_SHARE)
+    come from a fixed pool of N users, made once from the seed and picked uniformly; the
+    rest get new users. A hot or returning Facebook user keeps every attribute; a TikTok
+    user's follower count moves a little between events. See `user_mix` for what is refused.
     """
 
     def __init__(
-        self, seed: int | None = None, *, clock: Callable[[], datetime] | None = None
+        self,
+        seed: int | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        returning_share: float = DEFAULT_RETURNING_SHARE,
+        hot_users: int = 0,
+        hot_share: float | None = None,
     ) -> None:
+        self._returning_share, hot_users, self._hot_share = user_mix(
+            returning_share, hot_users, hot_share
+        )
         self._rng = Random(seed)
         self._clock = clock or _utc_now
-        self._recent_facebook: deque[tuple[str, str, int, str, str, str]] = deque(
-            maxlen=_RECENT_USERS
-        )
-        self._recent_tiktok: deque[tuple[str, str, int]] = deque(maxlen=_RECENT_USERS)
+        self._recent_facebook: deque[_FacebookUser] = deque(maxlen=_RECENT_USERS)
+        self._recent_tiktok: deque[_TiktokUser] = deque(maxlen=_RECENT_USERS)
         # Creators that TikTok users visit and follow: a fixed set per generator, since
         # visits concentrate on a few profiles.
         self._profiles = tuple(str(self._rng.randrange(10**17, 10**19)) for _ in range(200))
         self._countries = tuple(COUNTRIES)
         self._country_cum = tuple(accumulate(_COUNTRY_WEIGHTS[name] for name in COUNTRIES))
+        # Made after everything above, so that without hot users the random stream (and so
+        # every seeded output) is what it was before hot users existed.
+        self._hot_facebook = tuple(self._new_facebook_user() for _ in range(hot_users))
+        hot_tiktok = [self._new_tiktok_user() for _ in range(hot_users)]
+        self._hot_tiktok = tuple((user_id, username) for user_id, username, _ in hot_tiktok)
+        # Mutable: a hot account's audience drifts from event to event.
+        self._hot_followers = [followers for _, _, followers in hot_tiktok]
+        # A draw below hot_share picks hot user int(draw * scale): one random number for both.
+        self._hot_scale = hot_users / self._hot_share if self._hot_share else 0.0
+        self._next_facebook_user = self._facebook_user
+        self._next_tiktok_user = self._tiktok_user
+        if self._hot_share:
+            self._next_facebook_user = self._facebook_user_with_hot
+            self._next_tiktok_user = self._tiktok_user_with_hot
 
     # -- public API ------------------------------------------------------------------------
 
@@ -302,7 +370,7 @@ class Generator:
         """One valid Facebook event of `event_type` (random if None) at `at` (default: now)."""
         stage, event_type = self._stage_and_type("facebook", event_type)
         timestamp = self._now() if at is None else at
-        user = self._facebook_user()
+        user = self._next_facebook_user()
         if stage == "top":
             engagement = self._facebook_top(event_type, timestamp)
         else:
@@ -320,7 +388,7 @@ class Generator:
         """One valid TikTok event of `event_type` (random if None) at `at` (default: now)."""
         stage, event_type = self._stage_and_type("tiktok", event_type)
         timestamp = self._now() if at is None else at
-        user = self._tiktok_user()
+        user = self._next_tiktok_user()
         if stage == "top":
             engagement = self._tiktok_top()
         else:
@@ -445,21 +513,62 @@ class Generator:
     def _country(self) -> str:
         return self._rng.choices(self._countries, cum_weights=self._country_cum)[0]
 
+    def _new_facebook_user(self) -> _FacebookUser:
+        # Kept as a tuple, not the dict: callers own (and may corrupt) the dicts they get.
+        rng = self._rng
+        low, high = rng.choices(AGE_BUCKETS, cum_weights=_AGE_CUM_WEIGHTS)[0]
+        country = self._country()
+        user_id = self._uuid()
+        name = f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
+        age = rng.randint(low, high)
+        gender = rng.choices(_FB_GENDERS, cum_weights=_FB_GENDER_CUM_WEIGHTS)[0]
+        city = rng.choice(COUNTRIES[country])
+        return user_id, name, age, gender, country, city
+
+    def _new_tiktok_user(self) -> _TiktokUser:
+        rng = self._rng
+        low, high = rng.choices(FOLLOWER_BUCKETS, cum_weights=_FOLLOWER_CUM_WEIGHTS)[0]
+        # Log-uniform inside the bucket: small accounts are far more common than big ones.
+        followers = int(math.exp(rng.uniform(math.log(low + 1), math.log(high + 1))))
+        followers = min(high, max(low, followers))
+        first = _handle(rng.choice(_FIRST_NAMES))
+        last = _handle(rng.choice(_LAST_NAMES))
+        handle = rng.choice((f"{first}.{last}", f"{first}_{last}", f"{first}{last}", first))
+        user_id = self._uuid()
+        username = f"{handle}{rng.randrange(100, 10000)}"
+        return user_id, username, followers
+
+    # Two versions of each user draw, picked once in __init__: without hot users the benchmark's
+    # load path pays for no branch it does not use and makes exactly the draws of before (none
+    # while `recent` is empty), so seeded outputs stay what they were.
+
     def _facebook_user(self) -> dict[str, Any]:
         rng = self._rng
         recent = self._recent_facebook
-        if recent and rng.random() < _RETURNING_SHARE:
+        if recent and rng.random() < self._returning_share:
             user_id, name, age, gender, country, city = rng.choice(recent)
         else:
-            low, high = rng.choices(AGE_BUCKETS, cum_weights=_AGE_CUM_WEIGHTS)[0]
-            country = self._country()
-            user_id = self._uuid()
-            name = f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
-            age = rng.randint(low, high)
-            gender = rng.choices(_FB_GENDERS, cum_weights=_FB_GENDER_CUM_WEIGHTS)[0]
-            city = rng.choice(COUNTRIES[country])
-            # Kept as a tuple, not the dict: callers own (and may corrupt) the dicts they get.
-            recent.append((user_id, name, age, gender, country, city))
+            user = user_id, name, age, gender, country, city = self._new_facebook_user()
+            recent.append(user)
+        return {
+            "userId": user_id,
+            "name": name,
+            "age": age,
+            "gender": gender,
+            "location": {"country": country, "city": city},
+        }
+
+    def _facebook_user_with_hot(self) -> dict[str, Any]:
+        draw = self._rng.random()
+        if draw < self._hot_share:
+            hot = self._hot_facebook
+            user = hot[min(int(draw * self._hot_scale), len(hot) - 1)]
+        elif self._recent_facebook and draw < self._hot_share + self._returning_share:
+            user = self._rng.choice(self._recent_facebook)
+        else:
+            user = self._new_facebook_user()
+            self._recent_facebook.append(user)
+        user_id, name, age, gender, country, city = user
         return {
             "userId": user_id,
             "name": name,
@@ -471,22 +580,40 @@ class Generator:
     def _tiktok_user(self) -> dict[str, Any]:
         rng = self._rng
         recent = self._recent_tiktok
-        if recent and rng.random() < _RETURNING_SHARE:
-            user_id, username, followers = rng.choice(recent)
-            # A returning user's audience has moved a little since.
-            followers = max(0, followers + rng.randint(-50, 500))
-        else:
-            low, high = rng.choices(FOLLOWER_BUCKETS, cum_weights=_FOLLOWER_CUM_WEIGHTS)[0]
-            # Log-uniform inside the bucket: small accounts are far more common than big ones.
-            followers = int(math.exp(rng.uniform(math.log(low + 1), math.log(high + 1))))
-            followers = min(high, max(low, followers))
-            first = _handle(rng.choice(_FIRST_NAMES))
-            last = _handle(rng.choice(_LAST_NAMES))
-            handle = rng.choice((f"{first}.{last}", f"{first}_{last}", f"{first}{last}", first))
-            user_id = self._uuid()
-            username = f"{handle}{rng.randrange(100, 10000)}"
-            recent.append((user_id, username, followers))
+        if recent and rng.random() < self._returning_share:
+            return self._returning_tiktok_user()
+        user = user_id, username, followers = self._new_tiktok_user()
+        recent.append(user)
         return {"userId": user_id, "username": username, "followers": followers}
+
+    def _tiktok_user_with_hot(self) -> dict[str, Any]:
+        draw = self._rng.random()
+        if draw < self._hot_share:
+            return self._hot_tiktok_user(draw)
+        if self._recent_tiktok and draw < self._hot_share + self._returning_share:
+            return self._returning_tiktok_user()
+        user = user_id, username, followers = self._new_tiktok_user()
+        self._recent_tiktok.append(user)
+        return {"userId": user_id, "username": username, "followers": followers}
+
+    def _returning_tiktok_user(self) -> dict[str, Any]:
+        rng = self._rng
+        user_id, username, followers = rng.choice(self._recent_tiktok)
+        # A returning user's audience has moved a little since.
+        followers = max(0, followers + rng.randint(-50, 500))
+        return {"userId": user_id, "username": username, "followers": followers}
+
+    def _hot_tiktok_user(self, draw: float) -> dict[str, Any]:
+        followers = self._hot_followers
+        index = min(int(draw * self._hot_scale), len(followers) - 1)
+        # A step of about +-0.1 % (at least +-1), even odds up or down: thousands of events
+        # per hot user in a long run leave the count near where it started, as a real
+        # account's would be over a day, rather than a walk that runs off to millions.
+        count = followers[index]
+        count = max(0, count + round((self._rng.random() - 0.5) * (3 + count * 0.002)))
+        followers[index] = count
+        user_id, username = self._hot_tiktok[index]
+        return {"userId": user_id, "username": username, "followers": count}
 
     def _action_time(self, timestamp: datetime) -> str:
         # The action happened shortly before the publisher reported it.

@@ -36,7 +36,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from adfunnel.generator import Generator
+from adfunnel.generator import DEFAULT_HOT_SHARE, DEFAULT_RETURNING_SHARE, Generator, user_mix
 from adfunnel.ingest import SIGNATURE_HEADER
 from adfunnel.stats import percentile
 
@@ -58,6 +58,9 @@ class PublishOptions:
     instead, and `interval_s` is not used. Batch sizes are uniform in [min_batch, max_batch].
     Shares are of the events of each batch (rounded per batch). Without `count` and
     `duration_s` it runs until `stop` is set.
+
+    Users (the generator's, per source): `returning_share` of the events reuse a recent user;
+    with `hot_users=N`, `hot_share` of them (None: 0.5) come from a fixed pool of N users.
     """
 
     endpoint: str = DEFAULT_ENDPOINT
@@ -69,6 +72,9 @@ class PublishOptions:
     duplicate_share: float = 0.01
     out_of_order_share: float = 0.05
     invalid_share: float = 0.001
+    returning_share: float = DEFAULT_RETURNING_SHARE
+    hot_users: int = 0
+    hot_share: float | None = None
     duration_s: float | None = None
     count: int | None = None
     concurrency: int = 8
@@ -92,6 +98,7 @@ class PublishOptions:
         shares = (self.duplicate_share, self.out_of_order_share, self.invalid_share)
         if not all(0.0 <= share <= 1.0 for share in shares) or sum(shares) > 1.0:
             raise ValueError(f"shares must be in [0, 1] and add up to at most 1, not {shares}")
+        user_mix(self.returning_share, self.hot_users, self.hot_share)
         positive = {
             "rate": self.rate,
             "duration_s": self.duration_s,
@@ -144,7 +151,13 @@ class BatchMaker:
         self, options: PublishOptions, *, clock: Callable[[], datetime] | None = None
     ) -> None:
         self._options = options
-        self._generator = Generator(options.seed, clock=clock)
+        self._generator = Generator(
+            options.seed,
+            clock=clock,
+            returning_share=options.returning_share,
+            hot_users=options.hot_users,
+            hot_share=options.hot_share,
+        )
         # Its own stream, so sizes and positions do not shift the generator's sequence.
         self._rng = Random(None if options.seed is None else f"adfunnel.publish:{options.seed}")
         self._previous: list[dict[str, Any]] = []
@@ -590,6 +603,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--invalid", d.invalid_share, "events with one of the publisher's corruptions"),
     ):
         add(flag, type=float, default=default, metavar="SHARE", help=f"{what} (%(default)s)")
+    add_user_mix_arguments(parser)
     add("--duration", type=float, metavar="SECONDS", help="stop starting POSTs after this long")
     add("--count", type=int, metavar="EVENTS", help="stop after this many events")
     add(
@@ -610,6 +624,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--quiet", action="store_true", help="no live progress, only the summary")
 
 
+def add_user_mix_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--returning`, `--hot-users`, `--hot-share`: shared by `publish` and `seed`."""
+    add = parser.add_argument
+    add(
+        "--returning",
+        type=float,
+        default=DEFAULT_RETURNING_SHARE,
+        metavar="SHARE",
+        help="events whose user is a recent one of the same source (%(default)s)",
+    )
+    add(
+        "--hot-users",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a fixed pool of N users per source that carries --hot-share of the events"
+        " (%(default)s: none)",
+    )
+    add(
+        "--hot-share",
+        type=float,
+        metavar="SHARE",
+        help=f"events from the hot users (default: {DEFAULT_HOT_SHARE} with --hot-users)",
+    )
+
+
 def options_from_args(
     args: argparse.Namespace, env: Mapping[str, str] = os.environ
 ) -> PublishOptions:
@@ -625,6 +665,9 @@ def options_from_args(
         duplicate_share=args.duplicates,
         out_of_order_share=args.out_of_order,
         invalid_share=args.invalid,
+        returning_share=args.returning,
+        hot_users=args.hot_users,
+        hot_share=args.hot_share,
         duration_s=args.duration,
         count=args.count,
         concurrency=args.concurrency,

@@ -16,14 +16,17 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from adfunnel import storage
-from adfunnel.generator import Generator
+from adfunnel.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
 from adfunnel.schema import event_row
 from adfunnel.storage import StagedEvent
 
 
 @dataclass(frozen=True)
 class SeedPlan:
-    """What to load: how many events over which time window, with how many re-sends."""
+    """What to load: how many events over which time window, with how many re-sends, and
+    which users (the generator's mix: `returning_share` reuse a recent user; with
+    `hot_users=N`, `hot_share` of the events, None: 0.5, come from N users per source).
+    """
 
     events: int
     days: float = 7.0
@@ -31,6 +34,22 @@ class SeedPlan:
     seed: int = 1
     batch: int = 20_000
     duplicate_share: float = 0.01
+    returning_share: float = DEFAULT_RETURNING_SHARE
+    hot_users: int = 0
+    hot_share: float | None = None
+
+    def __post_init__(self) -> None:
+        # Refused here, before a pool and migrations, rather than in the generator thread.
+        user_mix(self.returning_share, self.hot_users, self.hot_share)
+
+    def generator(self) -> Generator:
+        """The plan's event generator: its seed and user mix."""
+        return Generator(
+            seed=self.seed,
+            returning_share=self.returning_share,
+            hot_users=self.hot_users,
+            hot_share=self.hot_share,
+        )
 
 
 @dataclass
@@ -71,7 +90,7 @@ async def seed(database_url: str, plan: SeedPlan) -> SeedResult:
     started = time.perf_counter()
     end = plan.end or datetime.now(UTC)
     start = end - timedelta(days=plan.days)
-    generator, rng = Generator(seed=plan.seed), random.Random(plan.seed)
+    generator, rng = plan.generator(), random.Random(plan.seed)
     sizes = [min(plan.batch, plan.events - i) for i in range(0, plan.events, plan.batch)]
 
     def generate(size: int) -> asyncio.Task[list[StagedEvent]]:

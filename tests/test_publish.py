@@ -4,11 +4,13 @@ against a small real HTTP server (uvicorn on 127.0.0.1) that triages bodies like
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,12 +23,15 @@ import uvicorn
 
 from adfunnel import cli
 from adfunnel.errors import BadSignature
+from adfunnel.generator import Generator
 from adfunnel.ingest import SIGNATURE_HEADER, parse_body, triage, verify_signature
 from adfunnel.publish import (
     BatchMaker,
     Progress,
     PublishOptions,
     PublishSummary,
+    add_arguments,
+    options_from_args,
     publish,
 )
 from adfunnel.schema import EVENT_TYPES, Accepted, Rejected, validate_event
@@ -203,6 +208,172 @@ async def test_an_unreadable_2xx_answer_is_a_failed_post() -> None:
     assert all(post.status == 202 and post.failure == "HTTP 202" for post in summary.posts)
     assert summary.accepted_ids() == set()
     assert summary.exit_code == 1
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+def user_key(event: dict[str, Any]) -> tuple[str, str]:
+    return event["source"], event["data"]["user"]["userId"]
+
+
+def reuse_share(events: list[dict[str, Any]]) -> float:
+    """Share of events whose user (per source) appeared in an earlier event."""
+    seen: set[tuple[str, str]] = set()
+    reused = 0
+    for event in events:
+        key = user_key(event)
+        reused += key in seen
+        seen.add(key)
+    return reused / len(events)
+
+
+def generated(n: int, seed: int = 1, **mix: Any) -> list[dict[str, Any]]:
+    generator = Generator(seed, clock=lambda: NOW, **mix)
+    return [generator.event() for _ in range(n)]
+
+
+def busiest(events: list[dict[str, Any]], source: str, top: int) -> tuple[set[str], float]:
+    """The `top` userIds of `source` with the most events, and their share of its events."""
+    counts = Counter(user_key(e)[1] for e in events if e["source"] == source)
+    heavy = counts.most_common(top)
+    return {user_id for user_id, _ in heavy}, sum(n for _, n in heavy) / counts.total()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.8])
+def test_returning_share_is_the_share_of_events_reusing_a_recent_user(share: float) -> None:
+    events = generated(20_000, returning_share=share)
+    assert reuse_share(events) == pytest.approx(share, abs=0.02)
+    # Recent: a returning user is one of the last 500 new users of its source.
+    new_users: dict[tuple[str, str], int] = {}
+    new_count = Counter[str]()
+    for event in events:
+        key = user_key(event)
+        if key in new_users:
+            assert new_users[key] >= new_count[key[0]] - 500
+        else:
+            new_users[key] = new_count[key[0]]
+            new_count[key[0]] += 1
+
+
+def test_a_returning_user_keeps_its_attributes_and_its_followers_move_a_little() -> None:
+    users: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for event in generated(10_000, returning_share=0.5):
+        users.setdefault(user_key(event), []).append(event["data"]["user"])
+    facebook = [seen for (source, _), seen in users.items() if source == "facebook"]
+    tiktok = [seen for (source, _), seen in users.items() if source == "tiktok"]
+    assert all(all(user == seen[0] for user in seen) for seen in facebook)
+    for seen in tiktok:
+        assert {user["username"] for user in seen} == {seen[0]["username"]}
+        assert all(abs(user["followers"] - seen[0]["followers"]) <= 500 for user in seen)
+
+
+def test_the_publishers_batches_mix_users_as_configured() -> None:
+    # No re-sent or corrupted events: they would reuse users too.
+    plain = {"duplicate_share": 0.0, "invalid_share": 0.0}
+    maker = BatchMaker(options(**plain, returning_share=0.3), clock=lambda: NOW)
+    events = events_of(maker.make(20_000).body)
+    assert reuse_share(events) == pytest.approx(0.3, abs=0.02)
+
+    maker = BatchMaker(options(**plain, returning_share=0.0, hot_users=600), clock=lambda: NOW)
+    events = events_of(maker.make(24_000).body)
+    for source in ("facebook", "tiktok"):
+        _, share = busiest(events, source, 600)
+        assert share == pytest.approx(0.5, abs=0.02), source  # the default hot_share
+
+
+@pytest.mark.parametrize("hot_share", [0.5, 0.2])
+def test_hot_users_carry_their_share_of_events(hot_share: float) -> None:
+    # Without returning users every other user has exactly one event: the users seen
+    # twice or more are the hot ones.
+    events = generated(24_000, hot_users=600, hot_share=hot_share, returning_share=0.0)
+    for source in ("facebook", "tiktok"):
+        counts = Counter(user_key(e)[1] for e in events if e["source"] == source)
+        hot = {user_id for user_id, n in counts.items() if n > 1}
+        assert len(hot) <= 600, source
+        share = sum(counts[user_id] for user_id in hot) / counts.total()
+        assert share == pytest.approx(hot_share, abs=0.02), source
+
+
+def test_hot_users_are_fixed_per_seed_and_mix_with_returning_ones() -> None:
+    events = generated(24_000, seed=5, hot_users=600, returning_share=0.3)
+    again = generated(24_000, seed=5, hot_users=600, returning_share=0.3)
+    other = generated(24_000, seed=6, hot_users=600, returning_share=0.3)
+    assert events == again
+    for source in ("facebook", "tiktok"):
+        hot, share = busiest(events, source, 600)
+        assert share == pytest.approx(0.5, abs=0.02), source
+        assert busiest(again, source, 600)[0] == hot
+        assert not busiest(other, source, 600)[0] & hot
+    # Hot (after each one's first event) and returning events both reuse a user.
+    assert reuse_share(events) == pytest.approx(0.5 + 0.3 - 1_200 / 24_000, abs=0.02)
+
+
+def test_a_hot_users_attributes_drift_only_where_a_real_ones_would() -> None:
+    users: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for event in generated(20_000, hot_users=100, hot_share=0.9):
+        users.setdefault(user_key(event), []).append(event["data"]["user"])
+    hot = {key: seen for key, seen in users.items() if len(seen) > 20}
+    assert len(hot) == 200
+    moved = 0
+    for (source, _), seen in hot.items():
+        first = seen[0]
+        if source == "facebook":
+            assert all(user == first for user in seen)  # age, gender, city: constant
+            continue
+        assert {user["username"] for user in seen} == {first["username"]}
+        followers = [user["followers"] for user in seen]
+        moved += len(set(followers)) > 1
+        # Near where it started after ~90 events: a drift, not a walk off to millions.
+        assert all(abs(n - first["followers"]) <= 20 + first["followers"] // 20 for n in followers)
+    assert moved >= 90
+
+
+def test_the_default_user_mix_is_the_publishers_own() -> None:
+    defaults = PublishOptions()
+    assert (defaults.returning_share, defaults.hot_users, defaults.hot_share) == (0.02, 0, None)
+    events = generated(20_000)
+    # Nearly every user is new, and none is hot.
+    assert reuse_share(events) == pytest.approx(0.02, abs=0.005)
+    assert max(Counter(map(user_key, events)).values()) <= 4
+    # The explicit defaults are the defaults: the same seed gives the same events.
+    explicit: dict[str, Any] = {"returning_share": 0.02, "hot_users": 0, "hot_share": None}
+    assert generated(2_000, **explicit) == generated(2_000)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"returning_share": -0.1}, "returning_share"),
+        ({"returning_share": 1.5}, "returning_share"),
+        ({"returning_share": float("nan")}, "returning_share"),
+        ({"hot_users": -1}, "hot_users"),
+        ({"hot_users": 2.5}, "hot_users"),
+        ({"hot_users": 600, "hot_share": 1.2}, "hot_share"),
+        ({"hot_share": 0.5}, "hot_share 0.5 needs hot_users > 0"),
+        ({"hot_users": 600, "returning_share": 0.6}, "add up to more than 1"),
+    ],
+)
+def test_a_bad_user_mix_is_refused_naming_the_value(bad: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        options(**bad)
+    with pytest.raises(ValueError, match=named):
+        Generator(1, **bad)
+
+
+def parsed(*argv: str) -> PublishOptions:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return options_from_args(parser.parse_args(argv), env={})
+
+
+def test_the_cli_flags_set_the_user_mix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (parsed().returning_share, parsed().hot_users, parsed().hot_share) == (0.02, 0, None)
+    mixed = parsed("--returning", "0.3", "--hot-users", "600", "--hot-share", "0.4")
+    assert (mixed.returning_share, mixed.hot_users, mixed.hot_share) == (0.3, 600, 0.4)
+    assert parsed("--hot-users", "600").hot_share is None  # the generator's 0.5
+    assert cli.main(["publish", "--hot-share", "0.5", "--quiet"]) == 2
+    assert "hot_share 0.5 needs hot_users > 0" in capsys.readouterr().err
 
 
 # -- against a real HTTP server ------------------------------------------------------------
