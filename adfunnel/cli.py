@@ -57,7 +57,19 @@ def _database(explicit: str | None) -> Iterator[str]:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     """Load N realistic events straight into PostgreSQL (through the writers' storage path)."""
-    plan = SeedPlan(events=args.events, days=args.days, seed=args.seed, batch=args.batch)
+    try:
+        plan = SeedPlan(
+            events=args.events,
+            days=args.days,
+            seed=args.seed,
+            batch=args.batch,
+            returning_share=args.returning,
+            hot_users=args.hot_users,
+            hot_share=args.hot_share,
+        )
+    except ValueError as error:
+        print(f"adfunnel seed: {error}", file=sys.stderr)
+        return 2
     with _database(args.database_url) as database_url:
         result = asyncio.run(seed(database_url, plan))
     print(
@@ -75,12 +87,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 database_url, samples=args.samples, seed=args.seed, json_path=args.json
             )
         return 0
+    # Only what was asked for: the publisher's defaults stay its own.
+    mix = {"hot_users": args.hot_users, "returning_share": args.returning}
     return bench_e2e.main(
         quick=args.quick,
         url=args.url,
         database_url=args.database_url,
         nats_url=args.nats_url,
         json_path=args.json,
+        soak_s=args.soak,
+        publisher={name: value for name, value in mix.items() if value is not None},
     )
 
 
@@ -133,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     seeding.add_argument("--seed", type=int, default=1, help="random seed (reproducible data)")
     seeding.add_argument("--batch", type=int, default=20_000, help="events per transaction")
     seeding.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
+    publish.add_user_mix_arguments(seeding)
     seeding.set_defaults(run=cmd_seed)
     bench = commands.add_parser("bench", help=cmd_bench.__doc__)
     bench.add_argument("what", nargs="?", choices=["e2e", "reports"], default="e2e")
@@ -140,7 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--url", help="e2e: a running system's base URL (default: start one, embedded servers)"
     )
-    bench.add_argument("--nats-url", help="e2e: its NATS (for the floor and the backlog)")
+    bench.add_argument("--nats-url", help="e2e: its NATS (for the floors and the backlog)")
+    bench.add_argument(
+        "--soak",
+        type=int,
+        metavar="SECONDS",
+        help="e2e: after the floors, only a soak of the real publisher's profile this long",
+    )
+    bench.add_argument(
+        "--hot-users", type=int, metavar="N", help="e2e: users the publisher keeps coming back to"
+    )
+    bench.add_argument(
+        "--returning", type=float, metavar="SHARE", help="e2e: share of events by a recent user"
+    )
     bench.add_argument("--samples", type=int, default=100, help="reports: filter combinations")
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--json", type=Path, help="also write the figures here")
