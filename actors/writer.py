@@ -1,4 +1,7 @@
-"""Writer actors: turn fetched bus messages into rows and commit them in one transaction.
+"""Writer actors: COPY fetched bus messages into PostgreSQL and commit them in one transaction.
+
+The gateway already encoded every event as the COPY line it becomes, so a writer only adds
+each message's stream sequence and forwards the bytes.
 
 A batch that PostgreSQL refuses for a reason that will not go away (bad data, not a lost
 connection) is split: message by message, then event by event, so one poison event lands
@@ -22,9 +25,19 @@ import structlog
 from adfunnel import logs, metrics
 from adfunnel.bus import Delivery, decode_lines, dump_json
 from adfunnel.errors import StorageUnavailable
-from adfunnel.schema import event_row, parse_timestamp
+from adfunnel.schema import parse_timestamp
 from adfunnel.settings import Settings
-from adfunnel.storage import RejectedRow, StagedEvent, create_pool, insert_events, insert_rejected
+from adfunnel.storage import (
+    RejectedRow,
+    copy_event_id,
+    copy_payload_text,
+    create_pool,
+    insert_copy,
+    insert_rejected,
+    is_copy_line,
+    with_stream_seq,
+    without_stream_seq,
+)
 
 log = structlog.get_logger(component="writer")
 
@@ -58,10 +71,16 @@ class WriteResult:
 
 @dataclass(slots=True)
 class Decoded:
-    """A delivery turned into rows; lines that cannot become rows are already rejections."""
+    """A delivery made ready to write: COPY lines of events (already what the gateway
+    encoded, now with their stream sequence), or rows of the rejected store."""
 
-    events: list[StagedEvent]
+    lines: bytes
+    count: int
     rejected: list[RejectedRow]
+    lane: str
+    msg_id: str
+    correlation_id: str | None
+    received_at: datetime
 
 
 def _received(delivery: Delivery) -> datetime:
@@ -69,52 +88,47 @@ def _received(delivery: Delivery) -> datetime:
 
 
 def _poison(delivery: Delivery, index: int, line: bytes, reason: str) -> RejectedRow:
+    events = delivery.lane != "rejected"
     return RejectedRow(
         dedup_key=f"{delivery.msg_id}:{index}",
-        event_id=None,
-        source=delivery.lane if delivery.lane != "rejected" else None,
+        event_id=copy_event_id(line) if events and is_copy_line(line) else None,
+        source=delivery.lane if events else None,
         reason=reason,
         batch_index=None,
         payload=None,
-        raw=line.decode("utf-8", errors="replace"),
+        # An event line keeps the event's JSON; anything else is kept as it came.
+        raw=copy_payload_text(line) if events else line.decode("utf-8", errors="replace"),
         correlation_id=delivery.correlation_id,
         received_at=_received(delivery),
     )
 
 
 def decode(delivery: Delivery) -> Decoded:
-    """Rows of one delivery: events for a source lane, rejections for the rejected lane."""
-    out = Decoded([], [])
+    """What one delivery writes: its events' COPY lines, or its rejections' rows."""
     received_at = _received(delivery)
+    out = Decoded(b"", 0, [], delivery.lane, delivery.msg_id, delivery.correlation_id, received_at)
+    if delivery.lane != "rejected":
+        out.lines = with_stream_seq(delivery.body, delivery.stream_seq)
+        out.count = delivery.body.count(b"\n")
+        return out
     for index, line in enumerate(decode_lines(delivery.body)):
         try:
             item: Any = orjson.loads(line)
-            if delivery.lane == "rejected":
-                payload = item.get("payload")
-                source = payload.get("source") if isinstance(payload, dict) else None
-                out.rejected.append(
-                    RejectedRow(
-                        dedup_key=f"{delivery.msg_id}:{index}",
-                        event_id=item.get("eventId"),
-                        source=source if isinstance(source, str) else None,
-                        reason=str(item["reason"]),
-                        batch_index=item.get("index"),
-                        payload=dump_json(payload).decode(),
-                        raw=None,
-                        correlation_id=delivery.correlation_id,
-                        received_at=received_at,
-                    )
+            payload = item.get("payload")
+            source = payload.get("source") if isinstance(payload, dict) else None
+            out.rejected.append(
+                RejectedRow(
+                    dedup_key=f"{delivery.msg_id}:{index}",
+                    event_id=item.get("eventId"),
+                    source=source if isinstance(source, str) else None,
+                    reason=str(item["reason"]),
+                    batch_index=item.get("index"),
+                    payload=dump_json(payload).decode(),
+                    raw=None,
+                    correlation_id=delivery.correlation_id,
+                    received_at=received_at,
                 )
-            else:
-                out.events.append(
-                    StagedEvent(
-                        row=event_row(item),
-                        payload=line.decode(),
-                        correlation_id=delivery.correlation_id,
-                        received_at=received_at,
-                        stream_seq=delivery.stream_seq,
-                    )
-                )
+            )
         except Exception as error:  # noqa: BLE001  # any undecodable line is a poison event
             out.rejected.append(_poison(delivery, index, line, f"undecodable: {error!r}"[:500]))
     return out
@@ -199,12 +213,13 @@ class Writer:
         raise AssertionError("unreachable")
 
     async def _write_all(self, pool: asyncpg.Pool, decoded: Sequence[Decoded]) -> WriteResult:
-        events = [event for one in decoded for event in one.events]
+        chunks = [one.lines for one in decoded if one.count]
+        events = sum(one.count for one in decoded)
         rejected = [row for one in decoded for row in one.rejected]
         async with pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    stored = await insert_events(conn, events) if events else 0
+                    stored = await insert_copy(conn, chunks) if chunks else 0
                     await insert_rejected(conn, rejected)
             except Exception as error:
                 # A backend that died mid-query can surface as a client-internal error;
@@ -212,7 +227,7 @@ class Writer:
                 if conn.is_closed():
                     raise StorageUnavailable(f"connection lost: {error!r}") from error
                 raise
-        return WriteResult(stored, len(events) - stored, len(rejected))
+        return WriteResult(stored, events - stored, len(rejected))
 
     async def _write_isolated(self, pool: asyncpg.Pool, decoded: Decoded) -> WriteResult:
         try:
@@ -221,22 +236,27 @@ class Writer:
             if is_transient(error):
                 raise StorageUnavailable(f"write failed: {error!r}") from error
         result = WriteResult()
-        for event in decoded.events:
+        for index, line in enumerate(decoded.lines.splitlines(keepends=True)):
+            one = replace(decoded, lines=line, count=1, rejected=[])
             try:
-                result.add(await self._write_all(pool, [Decoded([event], [])]))
+                result.add(await self._write_all(pool, [one]))
             except Exception as error:
                 if is_transient(error):
                     raise StorageUnavailable(f"write failed: {error!r}") from error
+                line = without_stream_seq(line)
+                event_id = copy_event_id(line) if is_copy_line(line) else None
                 row = RejectedRow(
-                    dedup_key=f"poison:{event.row.event_id}",
-                    event_id=event.row.event_id,
-                    source=event.row.source,
+                    # One key per event (or per line of a message, for a broken line), so a
+                    # redelivery finds the rejection already stored.
+                    dedup_key=f"poison:{event_id}" if event_id else f"{decoded.msg_id}:{index}",
+                    event_id=event_id,
+                    source=decoded.lane,
                     reason=f"storage: {error.__class__.__name__}: {error}"[:500],
                     batch_index=None,
                     payload=None,
-                    raw=event.payload,
-                    correlation_id=event.correlation_id,
-                    received_at=event.received_at,
+                    raw=copy_payload_text(line),
+                    correlation_id=decoded.correlation_id,
+                    received_at=decoded.received_at,
                 )
                 result.add(await self._write_rejected_one(pool, row))
         for row in decoded.rejected:

@@ -1,10 +1,11 @@
 """The JetStream bus: stream and consumer layout, message encoding, publishing.
 
-One message carries many events of one subject (`<prefix>.<source>.<stage>.<type>`), as JSON
-lines. Its `Nats-Msg-Id` is a digest of the event ids it carries, so a re-sent identical
-batch is recognised by JetStream inside the duplicate window; the database's unique
-`event_id` makes storage exactly-once forever. Rejected events travel on
-`<prefix>.rejected` so that they reach the rejected table through the same durable path.
+One message carries many events of one subject (`<prefix>.<source>.<stage>.<type>`), as the
+lines the writers COPY into PostgreSQL. Its `Nats-Msg-Id` is a digest of the event ids it
+carries, so a re-sent identical batch is recognised by JetStream inside the duplicate
+window; the database's unique `event_id` makes storage exactly-once forever. Rejected
+events travel on `<prefix>.rejected` so that they reach the rejected table through the same
+durable path.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from nats.js.errors import BadRequestError
 from adfunnel.errors import BusUnavailable
 from adfunnel.schema import Accepted, Rejected
 from adfunnel.settings import Settings
+from adfunnel.storage import copy_row, copy_tail
 
 LANES = ("facebook", "tiktok", "rejected")
 HEADER_CORRELATION = "X-Correlation-Id"
@@ -142,12 +144,20 @@ def encode_batch(
     correlation_id: str,
     received_at: datetime,
 ) -> list[Chunk]:
-    """Group a request's events by subject and cut them into bounded messages."""
+    """Group a request's events by subject and cut them into bounded messages.
+
+    An event travels as the line the writers COPY (`storage.copy_row`): its typed columns
+    and its JSON, so a writer only forwards what it fetched. A rejection travels as a JSON
+    line with its reason, index and payload.
+    """
     base = {HEADER_CORRELATION: correlation_id, HEADER_RECEIVED_AT: received_at.isoformat()}
+    tail = copy_tail(correlation_id, received_at)
+    prefix = settings.nats_subject_prefix
     by_subject: dict[str, list[tuple[str, bytes]]] = {}
     for event in accepted:
-        line = (event.event_id, dump_json(event.payload))
-        by_subject.setdefault(event_subject(settings, event), []).append(line)
+        subject = f"{prefix}.{event.source}.{event.funnel_stage}.{event.event_type}"
+        line = copy_row(event.row, event.payload, tail)
+        by_subject.setdefault(subject, []).append((event.event_id, line))
     rejected_subject = lane_filter(settings, "rejected")
     by_subject[rejected_subject] = [
         # Rejections are never "the same message again": each message gets a fresh id.
@@ -160,7 +170,8 @@ def encode_batch(
                     "reason": item.reason,
                     "payload": item.payload,
                 }
-            ),
+            )
+            + b"\n",
         )
         for index, item in rejected
     ]
@@ -171,7 +182,7 @@ def encode_batch(
             keyed = "".join(f"{len(key)}:{key}" for key, _ in part)
             digest = hashlib.sha256(keyed.encode("utf-8", "surrogatepass")).hexdigest()
             headers = {**base, HEADER_MSG_ID: digest[:40], HEADER_COUNT: str(len(part))}
-            chunks.append(Chunk(subject, b"\n".join(line for _, line in part), headers, len(part)))
+            chunks.append(Chunk(subject, b"".join(line for _, line in part), headers, len(part)))
     return chunks
 
 
@@ -188,7 +199,7 @@ def dump_json(value: Any) -> bytes:
 
 
 def decode_lines(body: bytes) -> list[bytes]:
-    """The JSON lines of one bus message."""
+    """The lines of one bus message, without their line ends."""
     return [line for line in body.split(b"\n") if line]
 
 

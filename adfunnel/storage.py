@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,36 +35,41 @@ T = TypeVar("T")
 MIGRATION_LOCK_ID = 0x0ADF0001
 
 EVENT_COLUMNS = EventRow._fields
-_STAGED_EXTRA = ("payload", "correlation_id", "received_at", "stream_seq", "seq")
+# What a writer COPYs per event: the typed columns, the payload, the delivery metadata. The
+# gateway encodes everything but `stream_seq`, which only JetStream knows; `seq` (the order
+# of the rows in the COPY) is filled by the staging table itself.
+COPY_COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS events_staging (
-    event_id text, event_time timestamptz, source text, funnel_stage text, event_type text,
-    user_id text, purchase_amount numeric, campaign_id text, ad_id text, age integer,
-    gender text, country text, city text, followers bigint, device text,
-    action_time timestamptz, payload jsonb, correlation_id text, received_at timestamptz,
-    stream_seq bigint, seq bigint
+    event_id text COLLATE "C", event_time timestamptz, source text, funnel_stage text,
+    event_type text, user_id text, purchase_amount numeric, campaign_id text, ad_id text,
+    age integer, gender text, country text, city text, followers bigint, device text,
+    action_time timestamptz, payload text, correlation_id text, received_at timestamptz,
+    stream_seq bigint, seq bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 """
-_COLUMN_LIST = ", ".join((*EVENT_COLUMNS, *_STAGED_EXTRA[:-1]))
-_STAGED_LIST = ", ".join(f"s.{c}" for c in (*EVENT_COLUMNS, *_STAGED_EXTRA[:-1]))
+_DEADLOCK_RETRIES = 5
+_STORED = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
 # The earliest received copy of an eventId wins, whatever order parallel writers commit in:
 # a copy received later never replaces it, an earlier one that commits late does. Ordinary
-# re-sends arrive later and change nothing. New rows and replacements are two statements:
-# the demographics triggers (migration 0003) need each statement to be one kind of change.
-_EARLIEST_STAGED = f"""
-SELECT DISTINCT ON (event_id) {_COLUMN_LIST}
-FROM events_staging
-ORDER BY event_id, received_at, stream_seq, seq
-"""
-_INSERT_STAGED = f"""
-INSERT INTO events ({_COLUMN_LIST}) {_EARLIEST_STAGED}
-ON CONFLICT (event_id) DO NOTHING
-"""
-_REPLACE_STAGED = f"""
-UPDATE events SET ({_COLUMN_LIST}, stored_at) = ({_STAGED_LIST}, clock_timestamp())
-FROM ({_EARLIEST_STAGED}) s
-WHERE events.event_id = s.event_id
-AND (events.received_at, events.stream_seq) > (s.received_at, s.stream_seq)
+# re-sends arrive later and change nothing. One statement, in eventId order, so a writer
+# takes every event row it needs before its triggers take user and rollup rows: writers
+# then always lock in the same order and never deadlock. `xmax = 0` tells a new row from a
+# replaced one.
+_UPSERT_STAGED = f"""
+WITH written AS (
+    INSERT INTO events AS e ({", ".join(_STORED)})
+    SELECT DISTINCT ON (event_id)
+        {", ".join(c if c != "payload" else "payload::json" for c in _STORED)}
+    FROM events_staging
+    ORDER BY event_id, received_at, stream_seq, seq
+    ON CONFLICT (event_id) DO UPDATE
+    SET ({", ".join(_STORED)}, stored_at) = ({", ".join(f"EXCLUDED.{c}" for c in _STORED)},
+        clock_timestamp())
+    WHERE (e.received_at, e.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
+    RETURNING e.xmax = 0 AS new
+)
+SELECT count(*) FILTER (WHERE new) FROM written
 """
 _REJECTED_COLUMNS = (
     "dedup_key",
@@ -185,23 +190,166 @@ async def migrate(conn: Conn) -> list[int]:
     return applied
 
 
+# NULL is the empty string in the writers' COPY: no column of an event may be empty (every
+# text field has a minimum length of 1), and an empty field costs no escaping.
+_NULL = ""
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_FIELDS = len(COPY_COLUMNS) - 4  # the typed columns, before the payload
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return _NULL
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def _copy_payload(payload: bytes) -> bytes:
+    # JSON text escapes its own control characters, so only a backslash and the whitespace
+    # a sender may put between tokens need COPY's escapes.
+    payload = payload.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
+    return payload.replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+
+
+def copy_tail(correlation_id: str | None, received_at: datetime) -> bytes:
+    """The columns after the payload that every event of one request shares."""
+    return f"\t{_copy_text(correlation_id)}\t{received_at.isoformat()}".encode()
+
+
+# Events of one request mostly share a handful of timestamps (the publisher stamps them
+# "now"), and `isoformat` of an aware datetime costs more than the rest of a row.
+_ISO_CACHE: dict[datetime, str] = {}
+_ISO_CACHE_SIZE = 65_536
+
+
+def _iso(moment: datetime) -> str:
+    text = _ISO_CACHE.get(moment)
+    if text is None:
+        if len(_ISO_CACHE) >= _ISO_CACHE_SIZE:
+            _ISO_CACHE.clear()
+        text = _ISO_CACHE[moment] = moment.isoformat()
+    return text
+
+
+def _typed_fields(row: EventRow) -> tuple[str, ...]:
+    (eid, time, source, stage, kind, user, amount, campaign, ad, age, gender) = row[:11]
+    (country, city, followers, device, action_time) = row[11:]
+    return (
+        eid,
+        _iso(time),
+        source,
+        stage,
+        kind,
+        user,
+        "" if amount is None else str(amount),
+        campaign or "",
+        ad or "",
+        "" if age is None else str(age),
+        gender or "",
+        country or "",
+        city or "",
+        "" if followers is None else str(followers),
+        device or "",
+        "" if action_time is None else action_time.isoformat(),
+    )
+
+
+_TEXT_SPECIAL = re.compile(r"[\\\n\r]")
+_PAYLOAD_SPECIAL = re.compile(rb"[\\\n\r\t]")
+
+
+def copy_row(row: EventRow, payload: bytes, tail: bytes) -> bytes:
+    """One event as a line of COPY text (what the writers load), without its `stream_seq`:
+    `with_stream_seq` appends that once JetStream has numbered the message."""
+    text = "\t".join(_typed_fields(row))
+    # Nearly every value is plain text: one scan and a count of the tabs tell whether any
+    # value holds a tab, a line end or a backslash, and only then is each one escaped.
+    if text.count("\t") != _COPY_FIELDS - 1 or _TEXT_SPECIAL.search(text):
+        text = "\t".join(map(_copy_text, _typed_fields(row)))
+    if _PAYLOAD_SPECIAL.search(payload):
+        payload = _copy_payload(payload)
+    return b"".join((text.encode(), b"\t", payload, tail, b"\n"))
+
+
+def with_stream_seq(lines: bytes, stream_seq: int | None) -> bytes:
+    """Lines of `copy_row` with their message's stream sequence as the last column."""
+    return lines.replace(b"\n", f"\t{_NULL if stream_seq is None else stream_seq}\n".encode())
+
+
+_COPY_UNESCAPE = re.compile(r"\\(.)")
+_COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def _copy_field(line: bytes, index: int) -> str:
+    fields = line.rstrip(b"\n").split(b"\t")
+    text = fields[index].decode("utf-8", errors="replace") if index < len(fields) else ""
+    return _COPY_UNESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m[1], m[1]), text)
+
+
+def without_stream_seq(line: bytes) -> bytes:
+    """A line as the gateway encoded it: `with_stream_seq` undone, line end dropped."""
+    return line.rstrip(b"\n").rpartition(b"\t")[0]
+
+
+def is_copy_line(line: bytes) -> bool:
+    """Whether `line` has the columns of a `copy_row` line (without `stream_seq`)."""
+    return line.rstrip(b"\n").count(b"\t") == len(COPY_COLUMNS) - 2
+
+
+def copy_event_id(line: bytes) -> str:
+    """The eventId of one COPY line (for the rejected store when a line is refused)."""
+    return _copy_field(line, 0)
+
+
+def copy_payload_text(line: bytes) -> str:
+    """The event JSON of one COPY line, as it will be kept when PostgreSQL refuses the line
+    (a line that is not one is kept whole)."""
+    if not is_copy_line(line):
+        return line.rstrip(b"\n").decode("utf-8", errors="replace")
+    return _copy_field(line, COPY_COLUMNS.index("payload"))
+
+
 async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     """Store a batch in the caller's transaction; returns how many eventIds were new."""
+    lines = [
+        with_stream_seq(
+            copy_row(e.row, e.payload.encode(), copy_tail(e.correlation_id, e.received_at)),
+            e.stream_seq,
+        )
+        for e in events
+    ]
+    return await insert_copy(conn, lines)
+
+
+async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
+    """Store COPY lines (`copy_row` + `with_stream_seq`) in the caller's transaction; returns
+    how many eventIds were new."""
     if not conn.is_in_transaction():
         # The staging table empties at commit: outside a transaction nothing would be stored.
         raise RuntimeError("insert_events needs the caller's transaction")
+    rows = sum(chunk.count(b"\n") for chunk in chunks)
+    if not rows:
+        return 0
     await conn.execute(_STAGING_DDL)
-    records = [
-        (*e.row, e.payload, e.correlation_id, e.received_at, e.stream_seq, seq)
-        for seq, e in enumerate(events)
-    ]
-    await conn.copy_records_to_table(
-        "events_staging", records=records, columns=(*EVENT_COLUMNS, *_STAGED_EXTRA)
+
+    async def source() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    await conn.copy_to_table(
+        "events_staging", source=source(), columns=COPY_COLUMNS, format="text", null=_NULL
     )
-    inserted = int((await conn.execute(_INSERT_STAGED)).rsplit(" ", 1)[1])
-    if inserted < len({e.row.event_id for e in events}):
-        await conn.execute(_REPLACE_STAGED)
-    return inserted
+    # Two writers sharing repeat users can still lock a user's state rows in opposite
+    # orders (a replacement removes, then adds). PostgreSQL breaks the cycle by failing one
+    # statement; going back to before it and running it again lets the other finish first.
+    for attempt in range(_DEADLOCK_RETRIES):
+        try:
+            async with conn.transaction():  # a savepoint inside the caller's transaction
+                return int(await conn.fetchval(_UPSERT_STAGED))
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _DEADLOCK_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def insert_rejected(conn: Conn, rows: Sequence[RejectedRow]) -> int:
@@ -482,8 +630,10 @@ async def rollup_mismatches(conn: Conn) -> list[asyncpg.Record]:
             f" coalesce(sum(purchase_amount) FILTER (WHERE {REVENUE_CONDITION}), 0) AS revenue,"
             f" count(*) FILTER (WHERE {REVENUE_CONDITION}) AS transactions"
             " FROM events GROUP BY 1, 2, 3, 4, 5),"
-            f" rolled AS (SELECT * FROM event_rollup_{grain} WHERE events <> 0"
-            " OR revenue <> 0 OR transactions <> 0)"
+            " rolled AS (SELECT bucket, source, funnel_stage, event_type, campaign_id,"
+            " sum(events), sum(revenue), sum(transactions)"
+            f" FROM event_rollup_{grain} GROUP BY 1, 2, 3, 4, 5 HAVING sum(events) <> 0"
+            " OR sum(revenue) <> 0 OR sum(transactions) <> 0)"
             " SELECT $1 AS grain, * FROM ((TABLE raw EXCEPT TABLE rolled)"
             " UNION ALL (TABLE rolled EXCEPT TABLE raw)) diff",
             grain,
@@ -500,8 +650,14 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
     expected = {
         "repeat_user_events": f"SELECT {columns} FROM events WHERE (source, user_id) IN"
         f" ({users} > 1)",
+        "demographic_users": "SELECT source, user_id, count(*),"
+        " CASE WHEN count(*) = 1 THEN min(event_id) END FROM events GROUP BY 1, 2",
     }
-    actual = {"repeat_user_events": f"SELECT {columns} FROM repeat_user_events"}
+    actual = {
+        "repeat_user_events": f"SELECT {columns} FROM repeat_user_events",
+        "demographic_users": "SELECT source, user_id, events,"
+        " CASE WHEN events = 1 THEN first_event_id END FROM demographic_users",
+    }
     single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
     for grain in DEMOGRAPHIC_GRAINS:
         bucket = f"date_trunc('{grain}', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
@@ -510,16 +666,16 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
             f" FROM {single} CROSS JOIN LATERAL {_KEYS} GROUP BY 1, 2, 3, 4, 5"
         )
         actual[f"demographic_rollup_{grain}"] = (
-            "SELECT bucket, source, dim, key1, key2, users"
-            f" FROM demographic_rollup_{grain} WHERE users <> 0"
+            "SELECT bucket, source, dim, key1, key2, sum(users)"
+            f" FROM demographic_rollup_{grain} GROUP BY 1, 2, 3, 4, 5 HAVING sum(users) <> 0"
         )
         expected[f"follower_rollup_{grain}"] = (
             f"SELECT {bucket}, adfunnel_follower_bin(followers), count(*),"
             f" coalesce(sum(followers), 0) FROM {single} WHERE source = 'tiktok' GROUP BY 1, 2"
         )
         actual[f"follower_rollup_{grain}"] = (
-            f"SELECT bucket, bin, users, followers FROM follower_rollup_{grain}"
-            " WHERE users <> 0 OR followers <> 0"
+            f"SELECT bucket, bin, sum(users), sum(followers) FROM follower_rollup_{grain}"
+            " GROUP BY 1, 2 HAVING sum(users) <> 0 OR sum(followers) <> 0"
         )
     mismatches = {}
     for table, query in expected.items():

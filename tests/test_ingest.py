@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -25,7 +27,7 @@ from adfunnel.ingest import (
     triage,
     verify_signature,
 )
-from adfunnel.schema import Rejected
+from adfunnel.schema import Accepted, Rejected
 from adfunnel.settings import Settings
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)
@@ -39,17 +41,36 @@ def body_of(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def decoded(items: list[Any]) -> list[Any]:
+    """`parse_body`'s items as values: each event's bytes decoded (exactly, by the stdlib)."""
+    return [json.loads(item) if isinstance(item, bytes) else item for item in items]
+
+
+def payloads(accepted: list[Accepted]) -> list[Any]:
+    return [json.loads(item.payload) for item in accepted]
+
+
 # -- parse_body ----------------------------------------------------------------------------
 
 
 def test_an_object_becomes_a_one_item_list() -> None:
     event = gen().facebook("ad.view")
-    assert parse_body(body_of(event), 10) == [event]
+    assert decoded(parse_body(body_of(event), 10)) == [event]
 
 
 def test_an_array_is_returned_in_order() -> None:
     events = gen().batch(25)
-    assert parse_body(body_of(events), 25) == events
+    assert decoded(parse_body(body_of(events), 25)) == events
+
+
+def test_items_are_each_events_own_bytes() -> None:
+    events = gen().batch(3)
+    parts = [json.dumps(event, indent=1).encode() for event in events]
+    body = b" \n[ " + b" ,\n".join(parts) + b"\t]\r\n"
+    assert parse_body(body, 10) == parts
+    assert parse_body(b"\n " + parts[0] + b" \n", 10) == [parts[0]]
+    sorted_out = triage(parse_body(body, 10))
+    assert [item.payload for item in sorted_out.accepted] == parts  # the sender's own bytes
 
 
 def test_an_empty_array_is_an_empty_list() -> None:
@@ -130,8 +151,9 @@ def test_nan_and_infinity_are_refused(body: bytes) -> None:
 
 def test_an_integer_at_the_edge_of_64_bits_is_exact() -> None:
     items = parse_body(b'[{"max": 18446744073709551615, "min": -9223372036854775808}]', 10)
-    assert items == [{"max": 2**64 - 1, "min": -(2**63)}]
-    assert all(isinstance(value, int) for value in items[0].values())
+    assert items == [b'{"max": 18446744073709551615, "min": -9223372036854775808}']
+    assert decoded(items) == [{"max": 2**64 - 1, "min": -(2**63)}]
+    assert all(isinstance(value, int) for value in decoded(items)[0].values())
 
 
 @pytest.mark.parametrize(
@@ -142,7 +164,7 @@ def test_an_integer_at_the_edge_of_64_bits_is_exact() -> None:
 def test_an_integer_beyond_64_bits_is_kept_exactly(value: int) -> None:
     event = gen().facebook("ad.view")
     event["extraCounter"] = value
-    items = parse_body(body_of([event]), 10)
+    items = decoded(parse_body(body_of([event]), 10))
     assert items == [event]
     assert type(items[0]["extraCounter"]) is int
     assert items[0]["extraCounter"] == value
@@ -154,11 +176,63 @@ def test_an_event_with_a_big_integer_extra_field_is_still_a_valid_event() -> Non
     sorted_out = triage(parse_body(body_of([event]), 10))
     assert [a.event_id for a in sorted_out.accepted] == [event["eventId"]]
     assert sorted_out.rejected == []
+    assert str(event["extraCounter"]).encode() in sorted_out.accepted[0].payload
+    assert payloads(sorted_out.accepted) == [event]
 
 
 def test_a_deeply_nested_body_is_invalid_not_a_crash() -> None:
     with pytest.raises(InvalidBody):
         parse_body(b"[" * 100_000, 10)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"a": "\xff"}]',
+        b'[{"eventId": "fb-1"}, {"b": {"c": ["ok", "\xc3\x28"]}}]',
+        b'[{"\xed\xa0\x80": 1}]',  # a surrogate, UTF-8 encoded: not UTF-8
+    ],
+    ids=["array", "nested-extra", "key"],
+)
+def test_invalid_utf8_anywhere_in_an_array_is_invalid(body: bytes) -> None:
+    with pytest.raises(InvalidBody, match="not valid JSON"):
+        parse_body(body, 10)
+
+
+def test_non_ascii_text_is_valid() -> None:
+    event = gen().facebook("ad.view")
+    event["data"]["user"]["name"] = "Zoë Ørsted 李 😀"
+    event["note"] = "naïve"
+    body = json.dumps([event], ensure_ascii=False).encode()
+    sorted_out = triage(parse_body(body, 10))
+    assert payloads(sorted_out.accepted) == [event]
+
+
+def _at_depth(frames: int, call: Callable[[], Any]) -> Any:
+    return call() if frames == 0 else _at_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("extra", [b"", b',"n":"\\u0000"', b',"n":"\\ud800"', b',"source":"x"'])
+def test_nesting_at_the_limit_is_never_a_crash(extra: bytes) -> None:
+    # The deeper the stack, the shallower the JSON Python can decode. An event that only
+    # just passed `parse_body` may be too deep to decode when `triage` runs a few frames
+    # further down: it must still get an answer there, never raise.
+    event = orjson.dumps(gen().tiktok("like"))[:-1]
+
+    def split(depth: int) -> list[Any] | None:
+        try:
+            return parse_body(
+                b"[" + event + b',"deep":' + b"[" * depth + b"]" * depth + extra + b"}]", 10
+            )
+        except InvalidBody:
+            return None
+
+    deepest = max(depth for depth in range(1000) if split(depth) is not None)
+    items = split(deepest)
+    assert items is not None
+    for frames in range(30):
+        sorted_out = _at_depth(frames, partial(triage, items))
+        assert len(sorted_out.accepted) + len(sorted_out.rejected) == 1
 
 
 def test_max_events_is_allowed() -> None:
@@ -178,36 +252,51 @@ def test_over_max_events_is_payload_too_large_naming_the_counts() -> None:
 
 # -- triage --------------------------------------------------------------------------------
 
+# `triage` takes what `parse_body` returns, each event's bytes, and decoded values too.
+FORMS = ["bytes", "values"]
 
-def test_valid_events_are_accepted_in_order() -> None:
+
+def items_of(events: list[Any], form: str) -> list[Any]:
+    return parse_body(body_of(events), len(events)) if form == "bytes" else events
+
+
+def same(payload: Any, event: Any, form: str) -> bool:
+    """A rejection keeps the decoded value itself, or an equal one decoded from its bytes."""
+    return payload is event if form == "values" else payload == event
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_valid_events_are_accepted_in_order(form: str) -> None:
     events = gen().batch(40)
-    sorted_out = triage(events)
+    sorted_out = triage(items_of(events, form))
     assert [a.event_id for a in sorted_out.accepted] == [e["eventId"] for e in events]
-    assert [a.payload for a in sorted_out.accepted] == events
+    assert payloads(sorted_out.accepted) == events
     assert sorted_out.rejected == []
     assert sorted_out.repeated == 0
     assert sorted_out.accepted_count == 40
 
 
-def test_the_first_copy_of_an_event_id_wins_and_later_copies_are_repeated() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_the_first_copy_of_an_event_id_wins_and_later_copies_are_repeated(form: str) -> None:
     g = gen()
     first, other = g.facebook("ad.click"), g.tiktok("purchase")
     second = json.loads(json.dumps(first))
     second["data"]["user"]["age"] = 99  # a different, still valid copy of the same eventId
     third = json.loads(json.dumps(first))
     items = [first, other, second, third, json.loads(json.dumps(other))]
-    sorted_out = triage(items)
+    sorted_out = triage(items_of(items, form))
     assert [a.event_id for a in sorted_out.accepted] == [first["eventId"], other["eventId"]]
-    assert sorted_out.accepted[0].payload is first
-    assert sorted_out.accepted[0].payload["data"]["user"]["age"] != 99
+    assert payloads(sorted_out.accepted)[0] == first
+    assert payloads(sorted_out.accepted)[0]["data"]["user"]["age"] != 99
     assert sorted_out.repeated == 3
     assert sorted_out.accepted_count == 5
     assert sorted_out.rejected == []
 
 
-def test_generated_duplicates_are_counted_as_repeated() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_generated_duplicates_are_counted_as_repeated(form: str) -> None:
     events = gen(3).batch(200, duplicate_share=0.1, invalid_share=0.05)
-    sorted_out = triage(events)
+    sorted_out = triage(items_of(events, form))
     assert sorted_out.repeated == 20
     assert len(sorted_out.rejected) == 10
     assert len(sorted_out.accepted) == 170
@@ -215,27 +304,29 @@ def test_generated_duplicates_are_counted_as_repeated() -> None:
     assert sorted_out.accepted_count == 190
 
 
-def test_rejected_events_keep_their_index() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_rejected_events_keep_their_index(form: str) -> None:
     g = gen(5)
     events = [g.event() for _ in range(8)]
     bad_at = [0, 3, 7]
     for index in bad_at:
         events[index] = g.corrupt(events[index])
     events.insert(5, "not an event")  # type: ignore[arg-type]
-    sorted_out = triage(events)
+    sorted_out = triage(items_of(events, form))
     assert [index for index, _ in sorted_out.rejected] == [0, 3, 5, 8]
     assert len(sorted_out.accepted) == 5
     for index, item in sorted_out.rejected:
         assert isinstance(item, Rejected)
-        assert item.payload is events[index]
+        assert same(item.payload, events[index], form)
         assert item.reason
 
 
-def test_a_rejected_copy_does_not_hide_a_later_valid_copy() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_a_rejected_copy_does_not_hide_a_later_valid_copy(form: str) -> None:
     good = gen().facebook("comment")
     bad = json.loads(json.dumps(good))
     bad["funnelStage"] = "invalid-stage"
-    sorted_out = triage([bad, good])
+    sorted_out = triage(items_of([bad, good], form))
     assert [index for index, _ in sorted_out.rejected] == [0]
     assert [a.event_id for a in sorted_out.accepted] == [good["eventId"]]
     assert sorted_out.repeated == 0
@@ -259,25 +350,27 @@ def _with_nul(where: str) -> dict[str, Any]:
 NUL_PLACES = ["typed-field", "extra-field", "nested-extra", "extra-key"]
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("where", NUL_PLACES)
-def test_a_nul_character_anywhere_rejects_the_event(where: str) -> None:
+def test_a_nul_character_anywhere_rejects_the_event(where: str, form: str) -> None:
     g = gen(12)
     before, after = g.tiktok("share"), g.facebook("page.like")
     event = _with_nul(where)
-    sorted_out = triage([before, event, after])
+    sorted_out = triage(items_of([before, event, after], form))
     assert [a.event_id for a in sorted_out.accepted] == [before["eventId"], after["eventId"]]
     assert len(sorted_out.rejected) == 1
     index, item = sorted_out.rejected[0]
     assert index == 1
     assert item.event_id == event["eventId"]
     assert "NUL" in item.reason
-    assert item.payload is event
+    assert same(item.payload, event, form)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("where", ["extra-field", "nested-extra", "extra-key"])
-def test_check_storable_false_skips_the_walk(where: str) -> None:
+def test_check_storable_false_skips_the_walk(where: str, form: str) -> None:
     event = _with_nul(where)
-    sorted_out = triage([event], check_storable=False)
+    sorted_out = triage(items_of([event], form), check_storable=False)
     assert [a.event_id for a in sorted_out.accepted] == [event["eventId"]]
     assert sorted_out.rejected == []
 
@@ -291,6 +384,44 @@ def test_a_nul_found_in_a_parsed_body_rejects_only_that_event() -> None:
     sorted_out = triage(parse_body(body, 10), check_storable=may_be_unstorable(body))
     assert [index for index, _ in sorted_out.rejected] == [2]
     assert len(sorted_out.accepted) == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "number"),
+    [
+        ("followers", b"18446744073709551616"),
+        ("followers", b"123456789012345678901234567890"),
+        ("followers", b"-123456789012345678901234567890"),
+        ("followers", b"9223372036854775808"),
+        ("watchTime", b"1e999"),
+    ],
+)
+def test_a_number_no_column_can_hold_is_a_rejection_naming_it(field: str, number: bytes) -> None:
+    good, event = gen(15).tiktok("like"), gen(16).tiktok("share")
+    raw = orjson.dumps(event)
+    value = orjson.dumps(event["data"]["engagement" if field == "watchTime" else "user"][field])
+    raw = raw.replace(b'"%s":%s' % (field.encode(), value), b'"%s":%s' % (field.encode(), number))
+    assert number in raw
+    body = b"[" + orjson.dumps(good) + b"," + raw + b"]"
+    sorted_out = triage(parse_body(body, 10), check_storable=may_be_unstorable(body))
+    assert [a.event_id for a in sorted_out.accepted] == [good["eventId"]]
+    [(index, item)] = sorted_out.rejected
+    part = "engagement" if field == "watchTime" else "user"
+    assert (index, item.event_id) == (1, event["eventId"])
+    assert item.reason.startswith(f"data.{part}.{field}: "), item.reason
+    if field == "followers":
+        assert item.payload["data"]["user"]["followers"] == int(number)  # exact, not a float
+
+
+def test_a_body_only_the_stdlib_reads_is_validated_as_values() -> None:
+    g = gen(17)
+    events = [g.facebook("ad.view"), g.tiktok("like")]
+    body = orjson.dumps(events)[:-1] + b',{"note":"\\udc00"}]'
+    items = parse_body(body, 10)
+    assert items[:2] == events  # decoded, as msgspec refuses the lone surrogate
+    sorted_out = triage(items, check_storable=may_be_unstorable(body))
+    assert payloads(sorted_out.accepted) == events
+    assert [index for index, _ in sorted_out.rejected] == [2]
 
 
 def test_a_lone_surrogate_does_not_sink_the_request() -> None:

@@ -141,3 +141,67 @@ async def same_demographics(conn: storage.Conn, rng: random.Random) -> None:
         assert await storage.follower_stats(conn, filters) == await storage.naive_follower_stats(
             conn, filters
         )
+
+
+async def _tuples_read(conn: storage.Conn, tables: tuple[str, ...]) -> int:
+    """Rows the server has read from `tables` so far: sequential and through indexes."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    read = await conn.fetchval(
+        "SELECT sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0))"
+        " FROM pg_stat_user_tables WHERE relname = ANY($1)",
+        list(tables),
+    )
+    return int(read or 0)
+
+
+@pytest.mark.integration
+async def test_a_batch_of_a_user_with_100000_events_reads_none_of_them(database: str) -> None:
+    """SPEC §3: storing an event costs the same however many events its user has."""
+    hot_fb, hot_tt = "hot-facebook-user", "hot-tiktok-user"
+    generator = Generator(seed=11)
+    rng = random.Random(11)
+
+    def event(hot: bool) -> dict[str, object]:
+        at = BASE + timedelta(seconds=rng.randrange(2 * 86_400))
+        source = rng.choice(("facebook", "tiktok"))
+        made = generator.facebook(None, at) if source == "facebook" else generator.tiktok(None, at)
+        if hot:
+            made["data"]["user"]["userId"] = hot_fb if source == "facebook" else hot_tt
+        return made
+
+    pool = await storage.create_pool(database, size=2)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+        received = BASE + timedelta(days=5)
+
+        async def write(batch: list[dict[str, object]]) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await storage.insert_events(
+                    conn, [staged(e, received, i) for i, e in enumerate(batch)]
+                )
+
+        for _ in range(10):  # 100,000 events of the two hot users
+            await write([event(hot=True) for _ in range(10_000)])
+        batch = [event(hot=rng.random() < 0.5) for _ in range(2_000)]
+        async with pool.acquire() as conn:
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE user_id = ANY($1)", [hot_fb, hot_tt]
+            )
+            assert stored == 100_000
+            tables = ("events", "repeat_user_events", "demographic_users")
+            before = await _tuples_read(conn, tables)
+            async with conn.transaction():
+                await storage.insert_events(
+                    conn, [staged(e, received, i) for i, e in enumerate(batch)]
+                )
+            read = await _tuples_read(conn, tables) - before
+            # The state rows of the batch's users and nothing of the hot users' history:
+            # reading that history would be 100,000 rows.
+            assert read <= len(batch), read
+            assert await storage.demographic_mismatches(conn) == {}
+            assert await storage.rollup_mismatches(conn) == []
+            await same_demographics(conn, rng)
+    finally:
+        await pool.close()

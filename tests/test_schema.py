@@ -5,6 +5,7 @@ No Ray, no servers: `validate_event` and `event_row` are pure functions.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections import Counter
@@ -28,7 +29,14 @@ from adfunnel.generator import (
     Generator,
     isoformat,
 )
-from adfunnel.schema import Accepted, EventRow, Rejected, event_row, validate_event
+from adfunnel.schema import (
+    Accepted,
+    EventRow,
+    Rejected,
+    event_row,
+    validate_event,
+    validate_json,
+)
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)
 
@@ -80,15 +88,39 @@ def make(source: str, event_type: str, seed: int = 0) -> dict[str, Any]:
     return gen.facebook(event_type) if source == "facebook" else gen.tiktok(event_type)
 
 
+def as_json(obj: Any) -> bytes | None:
+    """The JSON bytes of a decoded value, or None when JSON cannot spell it (NaN, infinity)."""
+    try:
+        return json.dumps(obj, allow_nan=False).encode()
+    except ValueError:
+        return None
+
+
 def accepted(obj: Any) -> Accepted:
+    """`validate_event`'s answer, once `validate_json` has given the same for the bytes."""
     result = validate_event(obj)
     assert isinstance(result, Accepted), result
+    assert type(result.row) is EventRow
+    assert result.row == event_row(obj)
+    assert json.loads(result.payload) == obj
+    raw = as_json(obj)
+    if raw is not None:
+        from_json = validate_json(raw)
+        assert isinstance(from_json, Accepted), from_json
+        assert from_json.payload is raw  # the event's own bytes, not a re-encoding
+        assert from_json.row == result.row and type(from_json.row) is EventRow
+        keys = ("event_id", "source", "funnel_stage", "event_type")
+        assert [getattr(from_json, key) for key in keys] == [getattr(result, key) for key in keys]
     return result
 
 
 def rejected(obj: Any) -> Rejected:
+    """`validate_event`'s answer, once `validate_json` has given the same for the bytes."""
     result = validate_event(obj)
     assert isinstance(result, Rejected), f"accepted: {obj!r}"
+    raw = as_json(obj)
+    if raw is not None:
+        assert validate_json(raw) == Rejected(result.event_id, result.reason, obj)
     return result
 
 
@@ -138,7 +170,7 @@ def test_every_event_type_is_accepted(source: str, stage: str, event_type: str) 
     assert result.source == source
     assert result.funnel_stage == stage
     assert result.event_type == event_type
-    assert result.payload == event
+    assert json.loads(result.payload) == event
 
 
 @pytest.mark.parametrize(
@@ -152,8 +184,8 @@ def test_unknown_extra_fields_are_kept(source: str, event_type: str, path: str) 
         path = "data.user.extra"  # TikTok users have no location
     put(path, {"anything": [1, "two", None]})(event)
     result = accepted(event)
-    assert lookup(result.payload, path) == {"anything": [1, "two", None]}
-    event_row(result.payload)  # the typed columns ignore it
+    assert lookup(json.loads(result.payload), path) == {"anything": [1, "two", None]}
+    event_row(json.loads(result.payload))  # the typed columns ignore it
 
 
 @pytest.mark.parametrize(
@@ -164,7 +196,7 @@ def test_amounts_are_exact_decimals_or_null(amount: str | None, expected: Decima
     for source, event_type in (("facebook", "checkout.complete"), ("tiktok", "purchase")):
         event = make(source, event_type)
         event["data"]["engagement"]["purchaseAmount"] = amount
-        row = event_row(accepted(event).payload)
+        row = accepted(event).row
         assert row.purchase_amount == expected
         if amount is not None:
             assert isinstance(row.purchase_amount, Decimal)
@@ -191,7 +223,7 @@ def test_event_row_of_a_facebook_checkout() -> None:
             "purchaseAmount": "1999.99",
         },
     }
-    assert event_row(accepted(event).payload) == EventRow(
+    assert accepted(event).row == EventRow(
         event_id=event["eventId"],
         event_time=datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC),
         source="facebook",
@@ -214,7 +246,7 @@ def test_event_row_of_a_facebook_checkout() -> None:
 def test_event_row_of_a_facebook_top_event() -> None:
     event = make("facebook", "video.view")
     event["data"]["engagement"]["actionTime"] = "2026-11-27T09:59:00.000Z"
-    row = event_row(accepted(event).payload)
+    row = accepted(event).row
     user = event["data"]["user"]
     assert (row.age, row.gender) == (user["age"], user["gender"])
     assert (row.country, row.city) == (user["location"]["country"], user["location"]["city"])
@@ -225,7 +257,7 @@ def test_event_row_of_a_facebook_top_event() -> None:
 
 def test_event_row_of_tiktok_events() -> None:
     top = make("tiktok", "share")
-    row = event_row(accepted(top).payload)
+    row = accepted(top).row
     assert row.followers == top["data"]["user"]["followers"]
     assert row.user_id == top["data"]["user"]["userId"]
     assert row.country == top["data"]["engagement"]["country"]
@@ -235,7 +267,7 @@ def test_event_row_of_tiktok_events() -> None:
     bottom = make("tiktok", "purchase")
     bottom["data"]["engagement"]["purchaseAmount"] = "15.00"
     bottom["data"]["engagement"]["actionTime"] = "2026-11-27T09:00:00Z"
-    row = event_row(accepted(bottom).payload)
+    row = accepted(bottom).row
     assert row.purchase_amount == Decimal("15.00")
     assert row.action_time == datetime(2026, 11, 27, 9, tzinfo=UTC)
     assert (row.country, row.device, row.campaign_id) == (None,) * 3
@@ -258,7 +290,7 @@ def test_timestamps_become_utc(text: str, expected: datetime) -> None:
         event = make(source, event_type)
         event["timestamp"] = text
         event["data"]["engagement"]["actionTime"] = text
-        row = event_row(accepted(event).payload)
+        row = accepted(event).row
         for moment in (row.event_time, row.action_time):
             assert moment == expected
             assert moment is not None and moment.tzinfo is UTC
@@ -493,7 +525,228 @@ def test_extra_fields_do_not_reach_the_typed_columns(
     event = make(source, event_type)
     event["data"]["engagement"][key] = value
     clean = make(source, event_type)
-    assert event_row(accepted(event).payload) == event_row(clean)
+    assert accepted(event).row == event_row(clean)
+
+
+def reference_row(event: dict[str, Any]) -> EventRow:
+    """The typed columns as SPEC §3 lays them out, read from the decoded event, by keyword."""
+    source, stage = event["source"], event["funnelStage"]
+    user, engagement = event["data"]["user"], event["data"]["engagement"]
+    facebook, top = source == "facebook", stage == "top"
+    action_time = engagement["actionTime"] if facebook == top else None
+    amount = None if top else engagement["purchaseAmount"]
+    return EventRow(
+        event_id=event["eventId"],
+        event_time=schema.parse_timestamp(event["timestamp"]),
+        source=source,
+        funnel_stage=stage,
+        event_type=event["eventType"],
+        user_id=user["userId"],
+        purchase_amount=None if amount is None else Decimal(amount),
+        campaign_id=engagement["campaignId"] if facebook and not top else None,
+        ad_id=engagement["adId"] if facebook and not top else None,
+        age=user["age"] if facebook else None,
+        gender=user["gender"] if facebook else None,
+        country=user["location"]["country"] if facebook else engagement["country"] if top else None,
+        city=user["location"]["city"] if facebook else None,
+        followers=None if facebook else user["followers"],
+        device=engagement["device"] if facebook != top else None,
+        action_time=None if action_time is None else schema.parse_timestamp(action_time),
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("source", "stage", "event_type"), ALL_TYPES, ids=TYPE_IDS)
+def test_every_models_row_is_its_columns_in_order(
+    source: str, stage: str, event_type: str, seed: int
+) -> None:
+    event = make(source, event_type, seed)
+    if event_type in schema.REVENUE_EVENT_TYPES.values():
+        event["data"]["engagement"]["purchaseAmount"] = "12.30"
+    row = accepted(event).row
+    assert row == reference_row(event)
+    assert row._asdict() == reference_row(event)._asdict()
+
+
+@pytest.mark.parametrize(
+    ("source", "event_type", "path", "value"),
+    [
+        ("facebook", "ad.view", "data.user.age", 2**31),
+        ("facebook", "ad.view", "data.user.age", 2**64),
+        ("tiktok", "like", "data.user.followers", 2**63),
+        ("tiktok", "like", "data.user.followers", 2**64),
+        ("tiktok", "like", "data.user.followers", 10**30),
+        ("tiktok", "like", "data.user.followers", -(10**30)),
+        ("tiktok", "share", "data.engagement.watchTime", float("inf")),
+        ("tiktok", "share", "data.engagement.watchTime", float("nan")),
+        ("tiktok", "share", "data.engagement.percentageWatched", float("nan")),
+        ("tiktok", "share", "data.engagement.percentageWatched", float("-inf")),
+        ("facebook", "ad.view", "data.user.name", "x" * 513),
+        ("facebook", "ad.view", "eventId", "x" * 257),
+    ],
+)
+def test_out_of_range_values_are_rejected_naming_the_field(
+    source: str, event_type: str, path: str, value: Any
+) -> None:
+    event = make(source, event_type)
+    put(path, value)(event)
+    assert names(rejected(event).reason, path)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [("data.user.age", 2**31 - 1), ("data.user.name", "é" * 512), ("eventId", "😀" * 256)],
+)
+def test_values_at_the_bounds_are_accepted(path: str, value: Any) -> None:
+    event = make("facebook", "ad.view")
+    put(path, value)(event)
+    accepted(event)
+
+
+@pytest.mark.parametrize(
+    ("number", "field", "decoded"),
+    [
+        (b"1e999", "data.engagement.watchTime", float("inf")),
+        (b"123456789012345678901234567890", "data.user.followers", 123456789012345678901234567890),
+        (b"-18446744073709551617", "data.user.followers", -18446744073709551617),
+    ],
+)
+def test_numbers_past_a_double_or_64_bits_in_the_bytes_are_rejected(
+    number: bytes, field: str, decoded: Any
+) -> None:
+    event = make("tiktok", "share")
+    raw = json.dumps(event).encode()
+    key = field.rpartition(".")[2].encode()
+    old = json.dumps(lookup(event, field)).encode()
+    raw = raw.replace(b'"%s": %s' % (key, old), b'"%s": %s' % (key, number), 1)
+    assert number in raw
+    result = validate_json(raw)
+    assert isinstance(result, Rejected)
+    assert names(result.reason, field), result.reason
+    assert lookup(result.payload, field) == decoded  # the stdlib reads what msgspec cannot
+
+
+def test_a_float_field_takes_a_big_integer_as_a_number() -> None:
+    event = make("tiktok", "share")
+    event["data"]["engagement"]["watchTime"] = 2**64
+    assert accepted(event).row == event_row(event)
+
+
+def test_an_extra_field_past_a_double_is_kept_as_written() -> None:
+    event = make("tiktok", "share")
+    raw = json.dumps(event).encode()[:-1] + b', "huge": 1e999, "exact": 123456789012345678901}'
+    result = validate_json(raw)
+    assert isinstance(result, Accepted)
+    assert result.payload is raw
+    assert result.row == event_row(event)
+
+
+def test_an_enum_reason_lists_the_allowed_values_not_the_senders() -> None:
+    event = make("facebook", "ad.view")
+    event["data"]["user"]["gender"] = "x - at `$.eventId` " * 1000
+    reason = rejected(event).reason
+    assert reason == "data.user.gender: Input should be 'male', 'female' or 'non-binary'"
+
+
+def test_the_reason_names_the_first_problem_only() -> None:
+    event = make("facebook", "ad.click")
+    del event["data"]["user"]["name"]
+    event["data"]["engagement"]["device"] = "Android"
+    assert rejected(event).reason in {
+        "data.user.name: Field required",
+        "data.engagement.device: Input should be 'mobile' or 'desktop'",
+    }
+
+
+def test_event_row_of_an_invalid_event_names_the_field() -> None:
+    event = make("tiktok", "like")
+    event["data"]["user"]["followers"] = "not-a-number"
+    with pytest.raises(ValueError, match=r"^data\.user\.followers: "):
+        event_row(event)
+
+
+def test_consecutive_timestamps_are_each_their_own() -> None:
+    # Consecutive events mostly share their timestamp, which is remembered: never wrongly.
+    texts = ["2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z", "2026-11-27T12:00:00+02:00"]
+    texts += ["2026-11-27T10:00:00.001Z", "yesterday", "2026-11-27T10:00:00.001Z", ""]
+    for source, event_type in (("facebook", "ad.click"), ("tiktok", "purchase")):
+        for text in texts:
+            event = make(source, event_type)
+            event["timestamp"] = text
+            if text in ("yesterday", ""):
+                assert names(rejected(event).reason, "timestamp")
+            else:
+                assert accepted(event).row.event_time == schema.parse_timestamp(text)
+                assert accepted(event).row.event_time.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"42", b'"event"', b"null", b"[]", b'[{"eventId": "fb-1"}]', b"{}", b'{"eventId": 1e999}'],
+)
+def test_validate_json_of_what_is_not_an_event(raw: bytes) -> None:
+    result = validate_json(raw)
+    assert isinstance(result, Rejected)
+    assert result.event_id is None
+    assert result.reason.split(":")[0] in {"event", "source"}
+    assert result == validate_event(schema.decode_json(raw))
+
+
+# What JSON can say, with integers within 64 bits: past them msgspec words a type error on the
+# bytes "got `float`" where the decoded value gets "got `int`" (same path, which
+# test_numbers_past_a_double_or_64_bits_in_the_bytes_are_rejected pins).
+JSON_INTEGERS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+JSON_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | JSON_INTEGERS | JSON_FLOATS | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = sorted(
+    {
+        path
+        for source, _, event_type in ALL_TYPES
+        for path in CORRUPTION_FIELD.values()
+        if lookup(make(source, event_type), path) is not _GONE
+    }
+    | {
+        "data.engagement.purchaseAmount",
+        "data.engagement.percentageWatched",
+        "data.engagement.videoId",
+        "data.engagement.profileId",
+        "data.user.location.city",
+        "data.user.username",
+        "data.user.age",
+        "source",
+        "eventType",
+        "extra",
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(ALL_TYPES),
+    seed=st.integers(min_value=0, max_value=1000),
+    changes=st.lists(
+        st.tuples(st.sampled_from(FIELDS), st.just(_GONE) | JSON_VALUES), min_size=1, max_size=3
+    ),
+)
+def test_bytes_and_values_get_the_same_answer(
+    kind: tuple[str, str, str], seed: int, changes: list[tuple[str, Any]]
+) -> None:
+    source, _, event_type = kind
+    event = make(source, event_type, seed)
+    for path, value in changes:
+        parent = path.rpartition(".")[0]
+        settable = not parent or isinstance(lookup(event, parent), dict)
+        if settable and (value is not _GONE or lookup(event, path) is not _GONE):
+            put(path, value)(event)
+    # `accepted` and `rejected` check that validate_json agrees with validate_event.
+    if isinstance(validate_event(event), Accepted):
+        accepted(event)
+    else:
+        rejected(event)
 
 
 # -- property ------------------------------------------------------------------------------
@@ -515,7 +768,7 @@ def test_generated_events_are_accepted(seed: int, at: datetime) -> None:
     expected_time = at.astimezone(UTC).replace(microsecond=at.microsecond // 1000 * 1000)
     for event in gen.batch(30, duplicate_share=0.1, out_of_order_share=0.1):
         result = accepted(event)
-        row = event_row(result.payload)
+        row = result.row
         assert row.event_id == event["eventId"]
         assert row.event_time <= expected_time
         if row.action_time is not None:

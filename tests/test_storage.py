@@ -278,6 +278,46 @@ async def test_a_failed_transaction_stores_nothing(pool: asyncpg.Pool) -> None:
     assert await count(pool, "events") == 5
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["tab\there", "line\nend", "carriage\rreturn", "back\\slash", "\\N", "\\t literal", "Kraków"],
+)
+async def test_copy_escapes_round_trip_every_typed_column_and_the_payload(
+    pool: asyncpg.Pool, text: str
+) -> None:
+    g = Generator(10, clock=lambda: NOW)
+    event = g.facebook("checkout.complete")
+    event["eventId"] = f"fb-{text}"
+    user, engagement = event["data"]["user"], event["data"]["engagement"]
+    user["userId"] = f"u-{text}"
+    user["location"] = {"country": f"c-{text}", "city": f"city-{text}"}
+    engagement["campaignId"], engagement["adId"] = f"cmp-{text}", f"ad-{text}"
+    event["note"] = text
+    # The sender's own whitespace between tokens is part of the payload bytes too.
+    raw = orjson.dumps(event, option=orjson.OPT_INDENT_2).replace(b"  ", b"\t")
+    assert b"\n" in raw and b"\t" in raw
+    line = storage.copy_row(schema.event_row(event), raw, storage.copy_tail(text, RECEIVED))
+    async with pool.acquire() as conn, conn.transaction():
+        assert await storage.insert_copy(conn, [storage.with_stream_seq(line, 3)]) == 1
+    row = await pool.fetchrow(
+        "SELECT event_id, user_id, country, city, campaign_id, ad_id, correlation_id,"
+        " payload::text AS payload, stream_seq FROM events"
+    )
+    assert row is not None
+    assert row["event_id"] == event["eventId"]
+    assert (row["user_id"], row["country"], row["city"]) == (
+        user["userId"],
+        f"c-{text}",
+        f"city-{text}",
+    )
+    assert (row["campaign_id"], row["ad_id"]) == (f"cmp-{text}", f"ad-{text}")
+    assert row["correlation_id"] == text
+    assert row["payload"] == raw.decode()
+    assert row["stream_seq"] == 3
+    assert storage.copy_event_id(line) == event["eventId"]
+    assert storage.copy_payload_text(line) == raw.decode()
+
+
 # -- insert_rejected -----------------------------------------------------------------------
 
 

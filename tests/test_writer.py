@@ -17,7 +17,7 @@ from adfunnel import storage
 from adfunnel.bus import Delivery, dump_json
 from adfunnel.errors import StorageUnavailable
 from adfunnel.generator import Generator
-from adfunnel.schema import Rejected, validate_event
+from adfunnel.schema import Rejected, event_row, validate_event
 from adfunnel.settings import Settings
 from adfunnel.testing import fetch_rows
 
@@ -43,7 +43,14 @@ def gen(seed: int) -> Generator:
 
 
 def lines(items: list[Any]) -> bytes:
+    """A rejected-lane body: JSON lines."""
     return b"\n".join(orjson.dumps(item) for item in items)
+
+
+def event_lines(events: list[dict[str, Any]], correlation_id: str | None = "corr-w") -> bytes:
+    """An event-lane body, as the gateway encodes it: one COPY line per event."""
+    tail = storage.copy_tail(correlation_id, datetime.fromisoformat(RECEIVED))
+    return b"".join(storage.copy_row(event_row(e), dump_json(e), tail) for e in events)
 
 
 def delivery(
@@ -123,9 +130,9 @@ async def test_stored_duplicate_and_rejected_counts(writer: Writer, database_mig
     bad = [g.corrupt(g.facebook(), "invalid_gender"), g.corrupt(g.tiktok(), "missing_eventId"), 5]
     result = await writer.write(
         [
-            delivery("facebook", lines(facebook), "m-fb", stream_seq=1),
-            delivery("tiktok", lines(tiktok), "m-tt", stream_seq=2),
-            delivery("tiktok", lines(again), "m-tt2", stream_seq=3),
+            delivery("facebook", event_lines(facebook), "m-fb", stream_seq=1),
+            delivery("tiktok", event_lines(tiktok), "m-tt", stream_seq=2),
+            delivery("tiktok", event_lines(again), "m-tt2", stream_seq=3),
             delivery(
                 "rejected",
                 lines([rejected_line(i, item) for i, item in enumerate(bad)]),
@@ -153,7 +160,7 @@ async def test_stored_duplicate_and_rejected_counts(writer: Writer, database_mig
 async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrated: str) -> None:
     event = gen(2).facebook("checkout.complete")
     await writer.write(
-        [delivery("facebook", lines([event]), "m-1", stream_seq=77, correlation_id="trace-1")]
+        [delivery("facebook", event_lines([event], "trace-1"), "m-1", stream_seq=77)]
     )
     (row,) = await fetch_rows(
         database_migrated,
@@ -171,8 +178,8 @@ async def test_an_event_already_stored_by_an_earlier_write_is_a_duplicate(
     g = gen(3)
     first = [g.event() for _ in range(10)]
     second = first[5:] + [g.event() for _ in range(4)]
-    r1 = await writer.write([delivery("facebook", lines(first), "m-a", stream_seq=1)])
-    r2 = await writer.write([delivery("facebook", lines(second), "m-b", stream_seq=2)])
+    r1 = await writer.write([delivery("facebook", event_lines(first), "m-a", stream_seq=1)])
+    r2 = await writer.write([delivery("facebook", event_lines(second), "m-b", stream_seq=2)])
     assert (r1.stored, r1.duplicates) == (10, 0)
     assert (r2.stored, r2.duplicates) == (4, 5)
     assert len(await event_ids(database_migrated)) == 14
@@ -183,15 +190,15 @@ async def test_a_redelivered_message_changes_nothing(
 ) -> None:
     g = gen(4)
     deliveries = [
-        delivery("facebook", lines([g.facebook() for _ in range(12)]), "m-fb", stream_seq=10),
-        delivery("tiktok", lines([g.tiktok() for _ in range(8)]), "m-tt", stream_seq=11),
+        delivery("facebook", event_lines([g.facebook() for _ in range(12)]), "m-fb", stream_seq=10),
+        delivery("tiktok", event_lines([g.tiktok() for _ in range(8)]), "m-tt", stream_seq=11),
         delivery(
             "rejected",
             lines([rejected_line(0, g.corrupt(g.tiktok(), "negative_watchTime"))]),
             "m-rej",
             stream_seq=12,
         ),
-        delivery("tiktok", b"{not json", "m-bad", stream_seq=13),
+        delivery("tiktok", b"{not json\n", "m-bad", stream_seq=13),
     ]
     first = await writer.write(deliveries)
     assert (first.stored, first.duplicates, first.rejected) == (20, 0, 2)
@@ -201,37 +208,43 @@ async def test_a_redelivered_message_changes_nothing(
     assert await snapshot(database_migrated) == before
 
 
-# -- undecodable lines ---------------------------------------------------------------------
+# -- lines PostgreSQL cannot load ----------------------------------------------------------
+
+
+def _bad_timestamp_line() -> bytes:
+    line = event_lines([gen(14).facebook("ad.view")])
+    fields = line.split(b"\t")
+    fields[1] = b"not-a-time"
+    return b"\t".join(fields)
 
 
 @pytest.mark.parametrize(
     "bad_line",
-    [
-        b"not json at all",
-        b'{"eventId": "fb-half", "source": "facebook"',
-        b'{"eventId": "fb-x", "source": "facebook", "funnelStage": "top"}',
-        b"[1, 2, 3]",
-        b'"a string"',
-    ],
-    ids=["not-json", "truncated", "missing-fields", "array", "string"],
+    [b"not a copy line\n", b"too\tfew\tcolumns\n", _bad_timestamp_line()],
+    ids=["not-copy", "few-columns", "bad-timestamp"],
 )
-async def test_an_undecodable_line_is_rejected_and_the_rest_stored(
+async def test_a_line_postgresql_cannot_load_is_rejected_and_the_rest_stored(
     writer: Writer, database_migrated: str, bad_line: bytes
 ) -> None:
     g = gen(5)
     good = [g.facebook() for _ in range(4)]
-    body = b"\n".join([orjson.dumps(good[0]), orjson.dumps(good[1]), bad_line])
-    body += b"\n" + b"\n".join(orjson.dumps(e) for e in good[2:])
+    body = event_lines(good[:2], "c-u") + bad_line + event_lines(good[2:], "c-u")
     result = await writer.write([delivery("facebook", body, "m-u", correlation_id="c-u")])
     assert (result.stored, result.duplicates, result.rejected) == (4, 0, 1)
     assert await event_ids(database_migrated) == {e["eventId"] for e in good}
     (row,) = await rejected_rows(database_migrated)
-    assert row["reason"].startswith("undecodable")
-    assert row["raw"] == bad_line.decode()
+    assert row["reason"].startswith("storage")
     assert row["payload"] is None
-    assert row["dedup_key"] == "m-u:2"
     assert row["source"] == "facebook"
     assert row["correlation_id"] == "c-u"
+    if storage.is_copy_line(bad_line):
+        # A whole event line keeps the event's JSON and is keyed by its eventId.
+        assert row["event_id"] == storage.copy_event_id(bad_line)
+        assert row["dedup_key"] == f"poison:{row['event_id']}"
+        assert orjson.loads(row["raw"])["eventId"] == row["event_id"]
+    else:
+        assert row["raw"] == bad_line.decode().rstrip("\n")
+        assert row["dedup_key"] == "m-u:2"
 
 
 async def test_an_undecodable_rejected_lane_line_is_kept(
@@ -264,21 +277,16 @@ def _poisoned(where: str) -> dict[str, Any]:
     return event
 
 
-@pytest.mark.parametrize("where", ["extra-field", "nested-extra", "typed-column"])
-async def test_a_payload_postgresql_refuses_is_isolated(
-    writer: Writer, database_migrated: str, where: str
-) -> None:
+async def test_a_nul_in_a_typed_column_is_isolated(writer: Writer, database_migrated: str) -> None:
     g = gen(8)
     facebook = [g.facebook() for _ in range(10)]
-    poison = _poisoned(where)
+    poison = _poisoned("typed-column")
     facebook.insert(6, poison)
     tiktok = [g.tiktok() for _ in range(7)]
-    body = lines(facebook)
-    assert b"\\u0000" in body
     result = await writer.write(
         [
-            delivery("tiktok", lines(tiktok), "m-tt", stream_seq=1),
-            delivery("facebook", body, "m-fb", stream_seq=2),
+            delivery("tiktok", event_lines(tiktok), "m-tt", stream_seq=1),
+            delivery("facebook", event_lines(facebook), "m-fb", stream_seq=2),
             delivery("rejected", lines([rejected_line(4, {"x": 1})]), "m-rej", stream_seq=3),
         ]
     )
@@ -296,12 +304,25 @@ async def test_a_payload_postgresql_refuses_is_isolated(
     assert sum(1 for r in rows.values() if r["dedup_key"] == "m-rej:0") == 1
 
 
+@pytest.mark.parametrize("where", ["extra-field", "nested-extra"])
+async def test_a_nul_escape_in_the_payload_is_stored_as_sent(
+    writer: Writer, database_migrated: str, where: str
+) -> None:
+    # The payload column is `json`: it keeps the text, so an escaped NUL that `jsonb`
+    # refused is stored, and read back, like any other character.
+    poison = _poisoned(where)
+    result = await writer.write([delivery("facebook", event_lines([poison]), "m-nul")])
+    assert (result.stored, result.rejected) == (1, 0)
+    (row,) = await fetch_rows(database_migrated, "SELECT payload::text AS payload FROM events")
+    assert orjson.loads(row["payload"]) == poison
+
+
 async def test_a_poison_event_redelivered_is_not_rejected_twice(
     writer: Writer, database_migrated: str
 ) -> None:
     g = gen(9)
-    events = [g.facebook() for _ in range(3)] + [_poisoned("extra-field")]
-    message = delivery("facebook", lines(events), "m-p")
+    events = [g.facebook() for _ in range(3)] + [_poisoned("typed-column")]
+    message = delivery("facebook", event_lines(events), "m-p")
     await writer.write([message])
     before = await snapshot(database_migrated)
     await writer.write([replace(message, num_delivered=2)])
@@ -319,7 +340,7 @@ async def test_a_rejected_payload_postgresql_refuses_is_kept_as_raw_text(
     result = await writer.write(
         [
             delivery("rejected", lines([rejected_line(0, refused), rejected_line(1, fine)]), "m-r"),
-            delivery("tiktok", lines([g.tiktok()]), "m-t", stream_seq=2),
+            delivery("tiktok", event_lines([g.tiktok()]), "m-t", stream_seq=2),
         ]
     )
     assert (result.stored, result.rejected) == (1, 2)
@@ -336,7 +357,7 @@ async def test_an_integer_beyond_64_bits_in_an_extra_field_is_stored_exactly(
 ) -> None:
     event = gen(11).facebook("ad.view")
     event["bigCounter"] = 123456789012345678901234567890
-    result = await writer.write([delivery("facebook", dump_json([event])[1:-1], "m-big")])
+    result = await writer.write([delivery("facebook", event_lines([event]), "m-big")])
     assert (result.stored, result.rejected) == (1, 0)
     (row,) = await fetch_rows(database_migrated, "SELECT payload::text AS payload FROM events")
     assert "123456789012345678901234567890" in row["payload"]
@@ -348,7 +369,7 @@ async def test_an_integer_beyond_64_bits_in_an_extra_field_is_stored_exactly(
 async def test_dead_letter_rejects_every_line(writer: Writer, database_migrated: str) -> None:
     g = gen(12)
     events = [g.facebook() for _ in range(5)]
-    body = lines(events[:3]) + b"\nnot json\n" + lines(events[3:])
+    body = event_lines(events[:3]) + b"not json\n" + event_lines(events[3:])
     message = delivery("facebook", body, "m-dead", num_delivered=10, correlation_id="c-dead")
     result = await writer.dead_letter(message, "PostgreSQL refused the batch")
     assert (result.stored, result.rejected) == (0, 6)
@@ -369,7 +390,7 @@ async def test_dead_letter_rejects_every_line(writer: Writer, database_migrated:
 async def test_dead_letter_of_a_line_postgresql_refuses(
     writer: Writer, database_migrated: str
 ) -> None:
-    message = delivery("tiktok", lines([_poisoned("extra-field")]), "m-d2", num_delivered=3)
+    message = delivery("tiktok", event_lines([_poisoned("typed-column")]), "m-d2", num_delivered=3)
     result = await writer.dead_letter(message, "boom")
     assert result.rejected == 1
     (row,) = await rejected_rows(database_migrated)
@@ -396,7 +417,7 @@ async def test_write_without_a_database_raises_storage_unavailable() -> None:
     w = Writer(make_settings(), UNREACHABLE, 2)
     try:
         with pytest.raises(StorageUnavailable):
-            await w.write([delivery("facebook", lines([gen(13).facebook()]), "m-x")])
+            await w.write([delivery("facebook", event_lines([gen(13).facebook()]), "m-x")])
     finally:
         await w.close()
 
