@@ -192,6 +192,16 @@ def start_postgres(
         "max_connections=200",
         "-c",
         "shared_buffers=256MB",
+        # At the publisher's maximum the default 1 GB of WAL fills in well under a minute,
+        # and every checkpoint makes the next change of each page (random eventIds touch a
+        # new index page nearly every row) write a full 8 kB image of it: most of the WAL,
+        # and its CPU. Checkpoints by time instead, every 15 minutes.
+        "-c",
+        "max_wal_size=8GB",
+        "-c",
+        "checkpoint_timeout=15min",
+        "-c",
+        "wal_buffers=64MB",
     ]
     return _start(
         command, f"postgresql://postgres@{_HOST}:{port}/postgres", port, log, timeout, user
