@@ -216,18 +216,19 @@ def copy_tail(correlation_id: str | None, received_at: datetime) -> bytes:
     return f"\t{_copy_text(correlation_id)}\t{received_at.isoformat()}".encode()
 
 
-# Events of one request mostly share a handful of timestamps (the publisher stamps them
-# "now"), and `isoformat` of an aware datetime costs more than the rest of a row.
-_ISO_CACHE: dict[datetime, str] = {}
-_ISO_CACHE_SIZE = 65_536
+# Events of one request mostly share their timestamp (the publisher stamps them "now"), and
+# validation hands consecutive equal ones over as one object: remembering the last one saves
+# `isoformat` of an aware datetime, which costs more than the rest of a row.
+_last_iso: tuple[datetime | None, str] = (None, "")
 
 
 def _iso(moment: datetime) -> str:
-    text = _ISO_CACHE.get(moment)
-    if text is None:
-        if len(_ISO_CACHE) >= _ISO_CACHE_SIZE:
-            _ISO_CACHE.clear()
-        text = _ISO_CACHE[moment] = moment.isoformat()
+    global _last_iso
+    last = _last_iso
+    if last[0] is moment:
+        return last[1]
+    text = moment.isoformat()
+    _last_iso = (moment, text)
     return text
 
 
