@@ -23,9 +23,9 @@ import orjson
 import structlog
 
 from adfunnel import logs, metrics
-from adfunnel.bus import Delivery, decode_lines, dump_json
+from adfunnel.bus import Delivery, decode_lines
 from adfunnel.errors import StorageUnavailable
-from adfunnel.schema import parse_timestamp
+from adfunnel.schema import dump_json, parse_timestamp
 from adfunnel.settings import Settings
 from adfunnel.storage import (
     RejectedRow,

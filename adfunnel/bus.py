@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 import nats
-import orjson
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -35,7 +33,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from adfunnel.errors import BusUnavailable
-from adfunnel.schema import Accepted, Rejected
+from adfunnel.schema import Accepted, Rejected, dump_json
 from adfunnel.settings import Settings
 from adfunnel.storage import copy_row, copy_tail
 
@@ -184,18 +182,6 @@ def encode_batch(
             headers = {**base, HEADER_MSG_ID: digest[:40], HEADER_COUNT: str(len(part))}
             chunks.append(Chunk(subject, b"".join(line for _, line in part), headers, len(part)))
     return chunks
-
-
-def dump_json(value: Any) -> bytes:
-    """Serialize decoded JSON; the stdlib path keeps integers past 64 bits that orjson refuses."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        pass
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # a lone surrogate (rejected events keep theirs, escaped)
-        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def decode_lines(body: bytes) -> list[bytes]:

@@ -496,8 +496,8 @@ def _describe(error: msgspec.ValidationError, model: Any) -> str:
     return f"{path or 'event'}: {message}"
 
 
-def _dump(value: Any) -> bytes:
-    """Encode a decoded event; the stdlib keeps integers past 64 bits that orjson refuses."""
+def dump_json(value: Any) -> bytes:
+    """Encode decoded JSON compactly; the stdlib keeps integers past 64 bits that orjson refuses."""
     try:
         return orjson.dumps(value)
     except TypeError:
@@ -562,7 +562,7 @@ def validate_event(obj: Any) -> Accepted | Rejected:
         raw_id = obj.get("eventId")
         return Rejected(raw_id if isinstance(raw_id, str) and raw_id else None, checked, obj)
     try:
-        payload = _dump(obj)
+        payload = dump_json(obj)
     except RecursionError:  # decoded a few frames higher up the stack
         return Rejected(checked[0], TOO_DEEP, obj)
     return Accepted(*checked, payload=payload)

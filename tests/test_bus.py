@@ -22,14 +22,13 @@ from adfunnel.bus import (
     Chunk,
     consumer_config,
     decode_lines,
-    dump_json,
     encode_batch,
     lane_filter,
     stream_config,
 )
 from adfunnel.generator import Generator
 from adfunnel.ingest import triage
-from adfunnel.schema import Accepted, Rejected, validate_event
+from adfunnel.schema import Accepted, Rejected, dump_json, validate_event
 from adfunnel.settings import Settings
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)

@@ -16,9 +16,8 @@ import orjson
 import pytest
 
 from adfunnel import schema, storage
-from adfunnel.bus import dump_json
 from adfunnel.generator import Generator
-from adfunnel.schema import parse_timestamp
+from adfunnel.schema import dump_json, parse_timestamp
 from adfunnel.storage import EventFilters, RejectedRow, StagedEvent
 
 pytestmark = pytest.mark.integration
