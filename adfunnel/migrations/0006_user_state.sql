@@ -14,10 +14,6 @@
 -- 2.5 µs per row into json, 5.7 µs into jsonb).
 ALTER TABLE events ALTER COLUMN payload TYPE json USING payload::json;
 
-DROP TRIGGER events_demographics_insert ON events;
-DROP TRIGGER events_demographics_update ON events;
-DROP TRIGGER events_demographics_delete ON events;
-DROP FUNCTION adfunnel_apply_demographics();
 DROP FUNCTION adfunnel_demographic_statement(text, text);
 DROP INDEX events_user_idx;
 
@@ -130,7 +126,9 @@ BEGIN
     END);
     RETURN NULL;
 END
-$$;
+$$
+-- CREATE OR REPLACE resets a function's settings: 0003's one is set again.
+SET jit = off;
 DROP FUNCTION adfunnel_rollup_statement(text, text);
 
 -- Declared STRICT, these SQL functions could not be inlined (PostgreSQL cannot prove their
@@ -298,7 +296,9 @@ SELECT format(
 $$;
 
 -- An earliest-copy replacement (UPDATE) is its old rows removed, then its new rows added.
-CREATE FUNCTION adfunnel_apply_demographics() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Replaced in place: the triggers of 0003 keep calling it. Its settings are replaced too
+-- (0005 turned nested loops off for the old statement; the lookups here need them).
+CREATE OR REPLACE FUNCTION adfunnel_apply_demographics() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     sources text[];
     users text[];
@@ -323,13 +323,3 @@ $$
 -- Every lookup into a stored table is a handful of rows through an index; a plan from stale
 -- statistics must never scan `events` or `repeat_user_events` whole instead.
 SET jit = off SET enable_seqscan = off;
-
-CREATE TRIGGER events_demographics_insert AFTER INSERT ON events
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION adfunnel_apply_demographics();
-CREATE TRIGGER events_demographics_update AFTER UPDATE ON events
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION adfunnel_apply_demographics();
-CREATE TRIGGER events_demographics_delete AFTER DELETE ON events
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION adfunnel_apply_demographics();
