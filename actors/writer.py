@@ -243,8 +243,8 @@ class Writer:
             except Exception as error:
                 if is_transient(error):
                     raise StorageUnavailable(f"write failed: {error!r}") from error
-                line = without_stream_seq(line)
-                event_id = copy_event_id(line) if is_copy_line(line) else None
+                sent = without_stream_seq(line)  # the line as the gateway encoded it
+                event_id = copy_event_id(sent) if is_copy_line(sent) else None
                 row = RejectedRow(
                     # One key per event (or per line of a message, for a broken line), so a
                     # redelivery finds the rejection already stored.
@@ -254,7 +254,7 @@ class Writer:
                     reason=f"storage: {error.__class__.__name__}: {error}"[:500],
                     batch_index=None,
                     payload=None,
-                    raw=copy_payload_text(line),
+                    raw=copy_payload_text(sent),
                     correlation_id=decoded.correlation_id,
                     received_at=decoded.received_at,
                 )

@@ -150,12 +150,10 @@ def encode_batch(
     """
     base = {HEADER_CORRELATION: correlation_id, HEADER_RECEIVED_AT: received_at.isoformat()}
     tail = copy_tail(correlation_id, received_at)
-    prefix = settings.nats_subject_prefix
     by_subject: dict[str, list[tuple[str, bytes]]] = {}
     for event in accepted:
-        subject = f"{prefix}.{event.source}.{event.funnel_stage}.{event.event_type}"
         line = copy_row(event.row, event.payload, tail)
-        by_subject.setdefault(subject, []).append((event.event_id, line))
+        by_subject.setdefault(event_subject(settings, event), []).append((event.event_id, line))
     rejected_subject = lane_filter(settings, "rejected")
     by_subject[rejected_subject] = [
         # Rejections are never "the same message again": each message gets a fresh id.

@@ -315,6 +315,18 @@ def _count(n: int, share: float, name: str) -> int:
     return round(n * share)
 
 
+def _facebook_dict(user: _FacebookUser) -> dict[str, Any]:
+    """A Facebook `data.user` object, new for every event (callers may corrupt theirs)."""
+    user_id, name, age, gender, country, city = user
+    return {
+        "userId": user_id,
+        "name": name,
+        "age": age,
+        "gender": gender,
+        "location": {"country": country, "city": city},
+    }
+
+
 class Generator:
     """Seeded source of publisher-shaped events, valid or corrupted.
 
@@ -546,17 +558,10 @@ class Generator:
         rng = self._rng
         recent = self._recent_facebook
         if recent and rng.random() < self._returning_share:
-            user_id, name, age, gender, country, city = rng.choice(recent)
-        else:
-            user = user_id, name, age, gender, country, city = self._new_facebook_user()
-            recent.append(user)
-        return {
-            "userId": user_id,
-            "name": name,
-            "age": age,
-            "gender": gender,
-            "location": {"country": country, "city": city},
-        }
+            return _facebook_dict(rng.choice(recent))
+        user = self._new_facebook_user()
+        recent.append(user)
+        return _facebook_dict(user)
 
     def _facebook_user_with_hot(self) -> dict[str, Any]:
         draw = self._rng.random()
@@ -568,14 +573,7 @@ class Generator:
         else:
             user = self._new_facebook_user()
             self._recent_facebook.append(user)
-        user_id, name, age, gender, country, city = user
-        return {
-            "userId": user_id,
-            "name": name,
-            "age": age,
-            "gender": gender,
-            "location": {"country": country, "city": city},
-        }
+        return _facebook_dict(user)
 
     def _tiktok_user(self) -> dict[str, Any]:
         rng = self._rng

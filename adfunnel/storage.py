@@ -49,22 +49,22 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
 ) ON COMMIT DELETE ROWS
 """
 _DEADLOCK_RETRIES = 5
-_STORED = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
 # The earliest received copy of an eventId wins, whatever order parallel writers commit in:
 # a copy received later never replaces it, an earlier one that commits late does. Ordinary
 # re-sends arrive later and change nothing. One statement, in eventId order, so a writer
 # takes every event row it needs before its triggers take user and rollup rows: writers
 # then always lock in the same order and never deadlock. `xmax = 0` tells a new row from a
 # replaced one.
+_STORED_LIST = ", ".join(COPY_COLUMNS)
 _UPSERT_STAGED = f"""
 WITH written AS (
-    INSERT INTO events AS e ({", ".join(_STORED)})
+    INSERT INTO events AS e ({_STORED_LIST})
     SELECT DISTINCT ON (event_id)
-        {", ".join(c if c != "payload" else "payload::json" for c in _STORED)}
+        {", ".join(c if c != "payload" else "payload::json" for c in COPY_COLUMNS)}
     FROM events_staging
     ORDER BY event_id, received_at, stream_seq, seq
     ON CONFLICT (event_id) DO UPDATE
-    SET ({", ".join(_STORED)}, stored_at) = ({", ".join(f"EXCLUDED.{c}" for c in _STORED)},
+    SET ({_STORED_LIST}, stored_at) = ({", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)},
         clock_timestamp())
     WHERE (e.received_at, e.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
     RETURNING e.xmax = 0 AS new
@@ -327,9 +327,8 @@ async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
     how many eventIds were new."""
     if not conn.is_in_transaction():
         # The staging table empties at commit: outside a transaction nothing would be stored.
-        raise RuntimeError("insert_events needs the caller's transaction")
-    rows = sum(chunk.count(b"\n") for chunk in chunks)
-    if not rows:
+        raise RuntimeError("storing events needs the caller's transaction")
+    if not any(chunks):
         return 0
     await conn.execute(_STAGING_DDL)
 
