@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -659,6 +660,42 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
         " CASE WHEN events = 1 THEN first_event_id END FROM demographic_users",
     }
     single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
+    # Each repeat user's latest event per track and hour, linked to their next hour.
+    hour = "date_trunc('hour', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    repeat = f"SELECT * FROM events WHERE (source, user_id) IN ({users} > 1)"
+    tracked = (
+        f"SELECT CASE source WHEN 'facebook' THEN 'f' ELSE 't' END AS track, {hour} AS hour,"
+        f" {columns} FROM ({repeat}) r UNION ALL SELECT 'p', {hour}, {columns} FROM ({repeat}) r"
+        " WHERE source = 'tiktok' AND funnel_stage = 'top'"
+    )
+    hours = (
+        "SELECT track, hour, coalesce(lead(hour) OVER (PARTITION BY track, user_id"
+        " ORDER BY hour), 'infinity') AS next_hour, event_id, user_id, event_time, received_at,"
+        f" {_DEMOGRAPHIC_COLUMNS} FROM (SELECT DISTINCT ON (track, user_id, hour) *"
+        f" FROM ({tracked}) t ORDER BY track, user_id, hour, event_time DESC, received_at DESC,"
+        " event_id DESC) latest"
+    )
+    expected["repeat_user_hours"] = hours
+    actual["repeat_user_hours"] = (
+        "SELECT track, hour, next_hour, event_id, user_id, event_time, received_at,"
+        f" {_DEMOGRAPHIC_COLUMNS} FROM repeat_user_hours"
+    )
+    expected["repeat_demographic_rollup"] = (
+        f"SELECT hour, next_hour, source, k.dim, k.key1, k.key2, count(*) FROM ({hours}) h"
+        f" CROSS JOIN LATERAL {_KEYS} WHERE track <> 't' GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    actual["repeat_demographic_rollup"] = (
+        "SELECT hour, next_hour, source, dim, key1, key2, sum(users)"
+        " FROM repeat_demographic_rollup GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(users) <> 0"
+    )
+    expected["repeat_follower_rollup"] = (
+        "SELECT hour, next_hour, adfunnel_follower_bin(followers), count(*),"
+        f" coalesce(sum(followers), 0) FROM ({hours}) h WHERE track = 't' GROUP BY 1, 2, 3"
+    )
+    actual["repeat_follower_rollup"] = (
+        "SELECT hour, next_hour, bin, sum(users), sum(followers) FROM repeat_follower_rollup"
+        " GROUP BY 1, 2, 3 HAVING sum(users) <> 0 OR sum(followers) <> 0"
+    )
     for grain in DEMOGRAPHIC_GRAINS:
         bucket = f"date_trunc('{grain}', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         expected[f"demographic_rollup_{grain}"] = (
@@ -747,6 +784,81 @@ def _latest_repeat_users(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _RepeatParts:
+    """Users with several events of a source, in range (migration 0007): `interior` selects
+    the rollup rows of whole hours (None: the range holds no whole hour); `people` are signed
+    attribute rows (`_DEMOGRAPHIC_COLUMNS`, `sign`) read row by row at the ragged ends, under
+    the common table expressions `ctes`."""
+
+    ctes: list[str]
+    interior: str | None
+    people: list[str]
+
+
+def _qualified(alias: str) -> str:
+    """`_DEMOGRAPHIC_COLUMNS` of the table or subquery `alias`."""
+    return ", ".join(f"{alias}.{column}" for column in _DEMOGRAPHIC_COLUMNS.split(", "))
+
+
+def _repeat_user_parts(
+    filters: EventFilters, params: _Params, source: str, track: str
+) -> _RepeatParts:
+    """Each user's latest event in range, with `lo`, `hi` the whole hours inside it:
+
+    - a user active in [hi, end) counts by their latest event there (read row by row);
+    - any other user active in [lo, hi) counts by the row of their last hour there, the one
+      whose next active hour is at `hi` or later (the rollups);
+    - any other user active in [start, lo) counts by their latest event there (row by row).
+    A user of the first kind also has a row of the second kind when active in [lo, hi): it is
+    taken back, found by one probe (the user's last hour before `hi`).
+    """
+    start, end = filters.start, filters.end
+    lo = None if start is None else _ceil(start, "hour")
+    hi = None if end is None else _floor(end, "hour")
+    stage = " AND funnel_stage = 'top'" if track == "p" else ""
+
+    def latest(since: str | None, until: str | None) -> str:
+        bounds = [f"event_time >= {since}"] if since else []
+        bounds += [f"event_time < {until}"] if until else []
+        return (
+            f"SELECT {_LATEST_USER} user_id, {_DEMOGRAPHIC_COLUMNS} FROM repeat_user_events"
+            f" WHERE source = {params.add(source)}{stage} AND {' AND '.join(bounds)}"
+            f" {_LATEST_ORDER}"
+        )
+
+    if lo is not None and hi is not None and lo >= hi:
+        # Less than two hours, none of them whole: every copy in range is read.
+        edges = latest(params.add(start), params.add(end))
+        return _RepeatParts([], None, [f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM ({edges}) e"])
+    until = "'infinity'::timestamptz" if hi is None else params.add(hi)
+    interior = [f"next_hour >= {until}"]
+    interior += [] if lo is None else [f"hour >= {params.add(lo)}"]
+    interior += [] if hi is None else [f"hour < {until}"]
+    ctes, people = [], []
+    last_after = "TRUE"
+    if end is not None and hi is not None and end > hi:
+        ctes.append(f"tail AS MATERIALIZED ({latest(until, params.add(end))})")
+        people.append(f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM tail")
+        earlier = "TRUE" if lo is None else f"h.hour >= {params.add(lo)}"
+        people.append(
+            f"SELECT {_qualified('h')}, -1 FROM tail t CROSS JOIN LATERAL"
+            f" (SELECT * FROM repeat_user_hours h WHERE h.track = '{track}'"
+            f" AND h.user_id = t.user_id AND h.hour < {until} ORDER BY h.hour DESC LIMIT 1) h"
+            f" WHERE {earlier}"
+        )
+        last_after = f"NOT (h.next_hour = {until} AND d.user_id IN (SELECT user_id FROM tail))"
+    if start is not None and lo is not None and start < lo:
+        people.append(
+            f"SELECT {_qualified('d')}, 1"
+            f" FROM ({latest(params.add(start), params.add(lo))}) d"
+            f" JOIN repeat_user_hours h ON h.track = '{track}' AND h.user_id = d.user_id"
+            f" AND h.hour = {params.add(lo - _STEP['hour'])}"
+            f" WHERE h.next_hour >= {until} AND {last_after}"
+        )
+    return _RepeatParts(ctes, " AND ".join(interior), people)
+
+
 async def demographic_counts(
     conn: Conn, filters: EventFilters, source: str
 ) -> list[asyncpg.Record]:
@@ -764,17 +876,25 @@ async def demographic_counts(
         raw_columns=_DEMOGRAPHIC_COLUMNS,
         source=source,
     )
-    top = ("funnel_stage = 'top'",) if source == "tiktok" else ()
-    latest = _latest_repeat_users(filters, params, source, *top, columns=_DEMOGRAPHIC_COLUMNS)
-    # Edge and repeat users as attribute rows, counted per distinct combination first: the
-    # keys are then spelled out once per combination instead of once per user.
-    people = " UNION ALL ".join(part for part in (edges, f"SELECT * FROM ({latest}) m") if part)
-    parts.append(
-        f"SELECT k.dim, k.key1, k.key2, g.n FROM (SELECT {_DEMOGRAPHIC_COLUMNS}, count(*) AS n"
-        f" FROM ({people}) p GROUP BY {_DEMOGRAPHIC_COLUMNS}) g CROSS JOIN LATERAL {_KEYS}"
-    )
+    repeat = _repeat_user_parts(filters, params, source, "p" if source == "tiktok" else "f")
+    if repeat.interior is not None:
+        parts.append(
+            "SELECT dim, key1, key2, users FROM repeat_demographic_rollup"
+            f" WHERE source = {params.add(source)} AND {repeat.interior}"
+        )
+    # Edge and repeat users as signed attribute rows, counted per distinct combination
+    # first: the keys are then spelled out once per combination instead of once per user.
+    people = [f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM ({edges}) s"] if edges else []
+    people += repeat.people
+    if people:
+        parts.append(
+            f"SELECT k.dim, k.key1, k.key2, g.n FROM (SELECT {_DEMOGRAPHIC_COLUMNS},"
+            f" sum(sign) AS n FROM ({' UNION ALL '.join(people)}) p ({_DEMOGRAPHIC_COLUMNS}, sign)"
+            f" GROUP BY {_DEMOGRAPHIC_COLUMNS}) g CROSS JOIN LATERAL {_KEYS}"
+        )
+    with_ctes = f"WITH {', '.join(repeat.ctes)} " if repeat.ctes else ""
     return await conn.fetch(
-        "SELECT dim, key1, key2, sum(users)::bigint AS users"
+        f"{with_ctes}SELECT dim, key1, key2, sum(users)::bigint AS users"
         f" FROM ({' UNION ALL '.join(parts)}) x (dim, key1, key2, users)"
         " GROUP BY 1, 2, 3 HAVING sum(users) > 0",
         *params.values,
@@ -811,11 +931,29 @@ def _follower_statement(filters: EventFilters, params: _Params) -> str:
         source="tiktok",
     )
     parts += [edges] if edges else []
-    latest = _latest_repeat_users(filters, params, "tiktok", columns="followers")
-    parts.append("SELECT adfunnel_follower_bin(followers), 1, followers FROM repeat")
+    repeat = _repeat_user_parts(filters, params, "tiktok", "t")
+    interior_values = ""
+    if repeat.interior is not None:
+        parts.append(
+            f"SELECT bin, users, followers FROM repeat_follower_rollup WHERE {repeat.interior}"
+        )
+        interior_values = (
+            " UNION ALL SELECT 'value', w.bin, NULL, 1, h.followers FROM wanted w"
+            " CROSS JOIN LATERAL (SELECT followers FROM repeat_user_hours WHERE track = 't'"
+            f" AND followers >= w.bin AND followers < w.bin_end AND {repeat.interior} OFFSET 0) h"
+        )
+    signed = (
+        " UNION ALL ".join(
+            f"SELECT followers, sign FROM ({part}) p ({_DEMOGRAPHIC_COLUMNS}, sign)"
+            for part in repeat.people
+        )
+        or "SELECT NULL::bigint AS followers, 0 AS sign WHERE FALSE"
+    )
+    parts.append("SELECT adfunnel_follower_bin(followers), sign, followers * sign FROM repeat")
     in_range = " AND ".join(["TRUE", *_range_conditions(filters, params)])
     return (
-        f"WITH repeat AS MATERIALIZED ({latest}),"
+        f"WITH {''.join(cte + ', ' for cte in repeat.ctes)}"
+        f"repeat AS MATERIALIZED ({signed}),"
         " hist AS MATERIALIZED (SELECT bin, sum(users)::bigint AS users,"
         f" sum(followers) AS followers FROM ({' UNION ALL '.join(parts)}) x (bin, users, followers)"
         " GROUP BY bin HAVING sum(users) > 0),"
@@ -830,13 +968,13 @@ def _follower_statement(filters: EventFilters, params: _Params) -> str:
         " AND adfunnel_follower_bin_end(p.bin) - p.bin > 1)"
         " SELECT 'bin' AS kind, bin, adfunnel_follower_bucket(bin) AS bucket, users, followers"
         " FROM hist"
-        " UNION ALL SELECT 'value', w.bin, NULL, NULL, e.followers FROM wanted w"
+        " UNION ALL SELECT 'value', w.bin, NULL, 1, e.followers FROM wanted w"
         " CROSS JOIN LATERAL"
         " (SELECT event_id, followers FROM events WHERE source = 'tiktok'"
         f" AND followers >= w.bin AND followers < w.bin_end AND {in_range} OFFSET 0) e"
         f" WHERE {_SINGLE}"
-        " UNION ALL SELECT 'value', w.bin, NULL, NULL, r.followers FROM wanted w"
-        " JOIN repeat r ON r.followers >= w.bin AND r.followers < w.bin_end"
+        " UNION ALL SELECT 'value', w.bin, NULL, r.sign, r.followers FROM wanted w"
+        f" JOIN repeat r ON r.followers >= w.bin AND r.followers < w.bin_end{interior_values}"
     )
 
 
@@ -849,12 +987,15 @@ async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
     params = _Params()
     rows = await conn.fetch(_follower_statement(filters, params), *params.values)
     bins = [row for row in rows if row["kind"] == "bin"]
-    values: dict[int, list[int]] = {}
+    # A value row comes with how many users it stands for, -1 for one taken back.
+    signed: dict[int, Counter[int]] = {}
     for row in rows:
         if row["kind"] == "value":
-            values.setdefault(row["bin"], []).append(int(row["followers"]))
-    for found in values.values():
-        found.sort()
+            signed.setdefault(row["bin"], Counter())[int(row["followers"])] += row["users"]
+    values = {
+        bin_: sorted(Counter({v: n for v, n in found.items() if n > 0}).elements())
+        for bin_, found in signed.items()
+    }
     counted_bins = sorted((row for row in bins if row["bin"] is not None), key=lambda r: r["bin"])
     counted = sum(row["users"] for row in counted_bins)
     buckets: dict[str, int] = {}
