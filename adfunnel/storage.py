@@ -681,19 +681,20 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
         f" {_DEMOGRAPHIC_COLUMNS} FROM repeat_user_hours"
     )
     expected["repeat_demographic_rollup"] = (
-        f"SELECT hour, next_hour, source, k.dim, k.key1, k.key2, count(*) FROM ({hours}) h"
+        "SELECT hour, adfunnel_next_day(next_hour), source, k.dim, k.key1, k.key2, count(*)"
+        f" FROM ({hours}) h"
         f" CROSS JOIN LATERAL {_KEYS} WHERE track <> 't' GROUP BY 1, 2, 3, 4, 5, 6"
     )
     actual["repeat_demographic_rollup"] = (
-        "SELECT hour, next_hour, source, dim, key1, key2, sum(users)"
+        "SELECT hour, next_day, source, dim, key1, key2, sum(users)"
         " FROM repeat_demographic_rollup GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(users) <> 0"
     )
     expected["repeat_follower_rollup"] = (
-        "SELECT hour, next_hour, adfunnel_follower_bin(followers), count(*),"
+        "SELECT hour, adfunnel_next_day(next_hour), adfunnel_follower_bin(followers), count(*),"
         f" coalesce(sum(followers), 0) FROM ({hours}) h WHERE track = 't' GROUP BY 1, 2, 3"
     )
     actual["repeat_follower_rollup"] = (
-        "SELECT hour, next_hour, bin, sum(users), sum(followers) FROM repeat_follower_rollup"
+        "SELECT hour, next_day, bin, sum(users), sum(followers) FROM repeat_follower_rollup"
         " GROUP BY 1, 2, 3 HAVING sum(users) <> 0 OR sum(followers) <> 0"
     )
     for grain in DEMOGRAPHIC_GRAINS:
@@ -786,13 +787,15 @@ def _latest_repeat_users(
 
 @dataclass(frozen=True, slots=True)
 class _RepeatParts:
-    """Users with several events of a source, in range (migration 0007): `interior` selects
-    the rollup rows of whole hours (None: the range holds no whole hour); `people` are signed
-    attribute rows (`_DEMOGRAPHIC_COLUMNS`, `sign`) read row by row at the ragged ends, under
-    the common table expressions `ctes`."""
+    """Users with several events of a source, in range (migration 0007), under the common
+    table expressions `ctes`: `rollup` selects the rows of the repeat rollups to add up and
+    `last_hours` the hour rows that are their users' latest in range (both None when the
+    range holds no whole hour); `people` are signed attribute rows (`_DEMOGRAPHIC_COLUMNS`,
+    `sign`) read row by row."""
 
     ctes: list[str]
-    interior: str | None
+    rollup: str | None
+    last_hours: str | None
     people: list[str]
 
 
@@ -808,7 +811,8 @@ def _repeat_user_parts(
 
     - a user active in [hi, end) counts by their latest event there (read row by row);
     - any other user active in [lo, hi) counts by the row of their last hour there, the one
-      whose next active hour is at `hi` or later (the rollups);
+      whose next active hour is at `hi` or later: from the rollups when that next hour is on
+      a later day than `hi`, row by row when it is later on `hi`'s own day;
     - any other user active in [start, lo) counts by their latest event there (row by row).
     A user of the first kind also has a row of the second kind when active in [lo, hi): it is
     taken back, found by one probe (the user's last hour before `hi`).
@@ -830,12 +834,24 @@ def _repeat_user_parts(
     if lo is not None and hi is not None and lo >= hi:
         # Less than two hours, none of them whole: every copy in range is read.
         edges = latest(params.add(start), params.add(end))
-        return _RepeatParts([], None, [f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM ({edges}) e"])
+        people = [f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM ({edges}) e"]
+        return _RepeatParts([], None, None, people)
     until = "'infinity'::timestamptz" if hi is None else params.add(hi)
-    interior = [f"next_hour >= {until}"]
-    interior += [] if lo is None else [f"hour >= {params.add(lo)}"]
-    interior += [] if hi is None else [f"hour < {until}"]
-    ctes, people = [], []
+    hours = [] if lo is None else [f"hour >= {params.add(lo)}"]
+    hours += [] if hi is None else [f"hour < {until}"]
+    in_hours = " AND ".join(hours) or "TRUE"
+    people = []
+    if hi is None:
+        rollup = f"{in_hours} AND next_day = 'infinity'"
+    else:
+        next_day = _ceil(hi, "day")
+        rollup = f"{in_hours} AND next_day >= {params.add(next_day)}"
+        if next_day > hi:
+            people.append(
+                f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM repeat_user_hours WHERE track = '{track}'"
+                f" AND next_hour >= {until} AND next_hour < {params.add(next_day)} AND {in_hours}"
+            )
+    ctes = []
     last_after = "TRUE"
     if end is not None and hi is not None and end > hi:
         ctes.append(f"tail AS MATERIALIZED ({latest(until, params.add(end))})")
@@ -856,7 +872,7 @@ def _repeat_user_parts(
             f" AND h.hour = {params.add(lo - _STEP['hour'])}"
             f" WHERE h.next_hour >= {until} AND {last_after}"
         )
-    return _RepeatParts(ctes, " AND ".join(interior), people)
+    return _RepeatParts(ctes, rollup, f"{in_hours} AND next_hour >= {until}", people)
 
 
 async def demographic_counts(
@@ -877,10 +893,10 @@ async def demographic_counts(
         source=source,
     )
     repeat = _repeat_user_parts(filters, params, source, "p" if source == "tiktok" else "f")
-    if repeat.interior is not None:
+    if repeat.rollup is not None:
         parts.append(
             "SELECT dim, key1, key2, users FROM repeat_demographic_rollup"
-            f" WHERE source = {params.add(source)} AND {repeat.interior}"
+            f" WHERE source = {params.add(source)} AND {repeat.rollup}"
         )
     # Edge and repeat users as signed attribute rows, counted per distinct combination
     # first: the keys are then spelled out once per combination instead of once per user.
@@ -933,14 +949,16 @@ def _follower_statement(filters: EventFilters, params: _Params) -> str:
     parts += [edges] if edges else []
     repeat = _repeat_user_parts(filters, params, "tiktok", "t")
     interior_values = ""
-    if repeat.interior is not None:
+    if repeat.rollup is not None:
         parts.append(
-            f"SELECT bin, users, followers FROM repeat_follower_rollup WHERE {repeat.interior}"
+            f"SELECT bin, users, followers FROM repeat_follower_rollup WHERE {repeat.rollup}"
         )
+    if repeat.last_hours is not None:
         interior_values = (
             " UNION ALL SELECT 'value', w.bin, NULL, 1, h.followers FROM wanted w"
             " CROSS JOIN LATERAL (SELECT followers FROM repeat_user_hours WHERE track = 't'"
-            f" AND followers >= w.bin AND followers < w.bin_end AND {repeat.interior} OFFSET 0) h"
+            f" AND followers >= w.bin AND followers < w.bin_end AND {repeat.last_hours}"
+            " OFFSET 0) h"
         )
     signed = (
         " UNION ALL ".join(

@@ -17,6 +17,7 @@ breakdown, whether empty buckets are listed) the comparison does not depend on i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -157,18 +158,40 @@ def _tweak(event: dict[str, Any], rng: Random) -> None:
         engagement["purchaseAmount"] = rng.choice(ODD_AMOUNTS)
 
 
-def build_data() -> DataSet:
+@dataclass(frozen=True)
+class Mix:
+    """Who sends the events: `returning` of them come from a user seen before; with `hot`
+    set, half of them from that many users per source, a fifth of whose events share the
+    timestamp of an earlier event of the same user (a tie, settled by the receipt time)."""
+
+    returning: float = 0.3
+    hot: int = 0
+
+
+def build_data(mix: Mix = Mix()) -> DataSet:
     rng = Random(SEED)
-    generator = Generator(SEED)
-    # Distinct timestamps for every generated event: "the latest event" is never a tie.
+    # The generator brings a few users back of its own accord: not in a mix of new users.
+    generator = Generator(SEED) if mix.returning else Generator(SEED, returning_share=0.0)
+    # Distinct timestamps for the generated events: a tie is only where the mix makes one.
     drawn = rng.sample(range(WINDOW_MS), 2 * BASE_EVENTS)
     stamps = iter([*EDGE_STAMPS, *(n for n in drawn if n not in EDGE_STAMPS)])
     users: dict[str, list[str]] = {"facebook": [], "tiktok": []}
+    hot = {source: [f"hot-{source}-{n}" for n in range(mix.hot)] for source in users}
+    # Per hot user and hour, the latest timestamp so far: a tie there decides who is latest.
+    hot_latest: dict[tuple[str, datetime], tuple[datetime, str]] = {}
 
     def fresh() -> dict[str, Any]:
         event = generator.event(at=WINDOW_START + timedelta(milliseconds=next(stamps)))
         source, user = event["source"], event["data"]["user"]
-        if users[source] and rng.random() < 0.3:
+        if mix.hot and rng.random() < 0.5:
+            user["userId"] = rng.choice(hot[source])
+            moment = datetime.fromisoformat(event["timestamp"])
+            hour = (user["userId"], moment.replace(minute=0, second=0, microsecond=0))
+            if hour in hot_latest and rng.random() < 0.3:
+                event["timestamp"] = hot_latest[hour][1]
+            elif hour not in hot_latest or moment > hot_latest[hour][0]:
+                hot_latest[hour] = (moment, event["timestamp"])
+        elif users[source] and rng.random() < mix.returning:
             # A returning user: same userId, every other attribute as generated now.
             user["userId"] = rng.choice(users[source])
         else:
@@ -265,6 +288,7 @@ class Fact:
 
     event_id: str
     at: datetime
+    received_at: datetime
     source: str
     stage: str
     type: str
@@ -286,15 +310,16 @@ def stored_facts(deliveries: Iterable[Delivery]) -> list[Fact]:
             first[delivery.payload["eventId"]] = delivery
     return [
         Fact(
-            event_id=p["eventId"],
-            at=parse_moment(p["timestamp"]),
-            source=p["source"],
-            stage=p["funnelStage"],
-            type=p["eventType"],
-            user=p["data"]["user"],
-            engagement=p["data"]["engagement"],
+            event_id=d.payload["eventId"],
+            at=parse_moment(d.payload["timestamp"]),
+            received_at=d.received_at,
+            source=d.payload["source"],
+            stage=d.payload["funnelStage"],
+            type=d.payload["eventType"],
+            user=d.payload["data"]["user"],
+            engagement=d.payload["data"]["engagement"],
         )
-        for p in (d.payload for d in first.values())
+        for d in first.values()
     ]
 
 
@@ -330,17 +355,37 @@ def _endpoints(pool: asyncpg.Pool) -> Any:
     return endpoints
 
 
-@pytest.fixture(scope="module")
-def loaded(servers: SessionServers) -> Iterator[Loaded]:
+# The demographics oracle also runs on the other user mixes of SPEC §3: new users only, and
+# a few hot users carrying half of the events.
+OTHER_MIXES = {"new users": Mix(returning=0.0), "hot users": Mix(returning=0.3, hot=3)}
+MIX_DATA = {name: build_data(mix) for name, mix in OTHER_MIXES.items()}
+MIX_FACTS = {name: stored_facts(data.deliveries) for name, data in MIX_DATA.items()}
+MIX_TIMES = {name: sorted({f.at for f in facts}) for name, facts in MIX_FACTS.items()}
+
+
+@contextlib.contextmanager
+def _loaded(servers: SessionServers, data: DataSet, facts: list[Fact]) -> Iterator[Loaded]:
     name = unique_database("math")
     with asyncio.Runner() as runner:
         runner.run(storage.ensure_database(servers.postgres_url, name))
-        pool = runner.run(_load(servers.database_url(name), DATA))
+        pool = runner.run(_load(servers.database_url(name), data))
         try:
-            yield Loaded(DATA, FACTS, runner, pool, _endpoints(pool))
+            yield Loaded(data, facts, runner, pool, _endpoints(pool))
         finally:
             runner.run(pool.close())
             runner.run(_drop(servers.postgres_url, name))
+
+
+@pytest.fixture(scope="module")
+def loaded(servers: SessionServers) -> Iterator[Loaded]:
+    with _loaded(servers, DATA, FACTS) as data_set:
+        yield data_set
+
+
+@pytest.fixture(scope="module", params=sorted(OTHER_MIXES))
+def loaded_mix(request: pytest.FixtureRequest, servers: SessionServers) -> Iterator[Loaded]:
+    with _loaded(servers, MIX_DATA[request.param], MIX_FACTS[request.param]) as data_set:
+        yield data_set
 
 
 async def _drop(server_dsn: str, name: str) -> None:
@@ -388,9 +433,10 @@ class Range:
 
 
 def latest_per_user(facts: Iterable[Fact]) -> dict[str, Fact]:
-    """Each user's newest event (timestamps of one user never tie in this data set)."""
+    """Each user's newest event; of two at the same instant, the one received last (the
+    README's rule; receipt times never tie in these data sets)."""
     latest: dict[str, Fact] = {}
-    for fact in sorted(facts, key=lambda f: f.at):
+    for fact in sorted(facts, key=lambda f: (f.at, f.received_at)):
         latest[fact.user["userId"]] = fact
     return latest
 
@@ -724,6 +770,39 @@ def test_demographics_report(
         check_facebook(answer["facebook"], [f for f in in_range if f.source == "facebook"])
     if "tiktok" in sections:
         check_tiktok(answer["tiktok"], [f for f in in_range if f.source == "tiktok"])
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(data=st.data(), source=SOURCES)
+def test_demographics_report_on_other_mixes(
+    loaded_mix: Loaded, data: st.DataObject, source: str | None
+) -> None:
+    mix = next(name for name, facts in MIX_FACTS.items() if facts is loaded_mix.facts)
+    window, start, end = data.draw(time_range(MIX_TIMES[mix]), label="range")
+    answer = loaded_mix.call("demographics", start=start, end=end, source=source)
+    in_range = [f for f in loaded_mix.facts if window.holds(f.at)]
+    if source in (None, "facebook"):
+        check_facebook(answer["facebook"], [f for f in in_range if f.source == "facebook"])
+    if source in (None, "tiktok"):
+        check_tiktok(answer["tiktok"], [f for f in in_range if f.source == "tiktok"])
+
+
+def test_the_other_mixes_have_their_hard_cases() -> None:
+    for name, facts in MIX_FACTS.items():
+        per_user = Counter((f.source, f.user["userId"]) for f in facts)
+        hot = sum(n for (_, user), n in per_user.items() if user.startswith("hot-"))
+        if name == "new users":
+            assert max(per_user.values()) == 1
+            continue
+        assert hot > len(facts) * 0.4  # hot users carry about half the events
+        ties = Counter((f.source, f.user["userId"], f.at) for f in facts)
+        assert sum(1 for n in ties.values() if n > 1) > 20  # a user's latest events tie
+        hours = {
+            (f.source, f.user["userId"], f.at.replace(minute=0, second=0, microsecond=0))
+            for f in facts
+            if f.user["userId"].startswith("hot-")
+        }
+        assert len(hours) >= 20  # hot users are active across many hours
 
 
 # -- /reports/rejected ---------------------------------------------------------------------

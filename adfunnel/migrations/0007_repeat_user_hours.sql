@@ -6,9 +6,10 @@
 -- hour they were active, per track, holding their latest event of that hour and the next
 -- hour they were active again (`next_hour`, infinity when none). A user's latest event in
 -- a range of whole hours [F, T) is then the row of the one hour h in [F, T) whose next
--- active hour is at or past T: rollups keyed by (hour, next_hour) count those users per
--- attribute without reading a user at all. Only the ragged minutes at the range's ends are
--- read row by row (the reporter's queries say how).
+-- active hour is at or past T. Rollups keyed by the hour and the day of the next active hour
+-- count those users per attribute without reading a user: the rows whose next day is past
+-- T's day. Read row by row are only the users whose next active hour falls later on T's own
+-- day, and the ragged minutes at the range's ends (the reporter's queries say how).
 --
 -- Tracks: 'f' every Facebook event (age, gender, country, city), 't' every TikTok event
 -- (followers), 'p' TikTok top-funnel events (device, country come from those, SPEC §4).
@@ -43,29 +44,38 @@ CREATE TABLE repeat_user_hours (
 -- The exact median/min/max read the users of one follower bin.
 CREATE INDEX repeat_user_hours_followers_idx ON repeat_user_hours (followers, hour)
     WHERE track = 't';
+-- Users whose next active hour is later on the day a range ends on.
+CREATE INDEX repeat_user_hours_next_idx ON repeat_user_hours (track, next_hour);
 
--- Users counted by the hour row that is their latest in a range, sharded per writing
--- connection like the other rollups.
+-- Hour rows counted by their hour and the day of their next active hour (infinity: none),
+-- sharded per writing connection like the other rollups. Days, not hours: users come back
+-- at any time, and a rollup keyed by the next hour would hold about a row per user-hour.
 CREATE TABLE repeat_demographic_rollup (
     hour       timestamptz NOT NULL,
-    next_hour  timestamptz NOT NULL,
+    next_day   timestamptz NOT NULL,
     source     text NOT NULL,
     dim        text NOT NULL,
     key1       text,
     key2       text,
     shard      integer NOT NULL,
     users      bigint NOT NULL,
-    UNIQUE NULLS NOT DISTINCT (hour, next_hour, source, dim, key1, key2, shard)
+    UNIQUE NULLS NOT DISTINCT (hour, next_day, source, dim, key1, key2, shard)
 );
 CREATE TABLE repeat_follower_rollup (
     hour       timestamptz NOT NULL,
-    next_hour  timestamptz NOT NULL,
+    next_day   timestamptz NOT NULL,
     bin        bigint,
     shard      integer NOT NULL,
     users      bigint NOT NULL,
     followers  numeric NOT NULL,
-    UNIQUE NULLS NOT DISTINCT (hour, next_hour, bin, shard)
+    UNIQUE NULLS NOT DISTINCT (hour, next_day, bin, shard)
 );
+
+-- The rollups' day of a next active hour.
+CREATE FUNCTION adfunnel_next_day(next_hour timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $$
+SELECT date_trunc('day', next_hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+$$;
 
 -- The hour rows of a user: in this order everywhere.
 CREATE FUNCTION adfunnel_hour_columns(alias text) RETURNS text
@@ -97,25 +107,26 @@ SELECT $q$
  hour_changes AS MATERIALIZED (
     SELECT b.*, -1 AS sign FROM hours_before b UNION ALL SELECT a.*, 1 FROM hours_after a),
  hour_combos AS (
-    SELECT hour, next_hour, source, funnel_stage, age, gender, country, city, device,
-           sum(sign) AS users
+    SELECT hour, adfunnel_next_day(next_hour) AS next_day, source, funnel_stage, age, gender,
+           country, city, device, sum(sign) AS users
     FROM hour_changes WHERE track <> 't' GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9),
  repeat_demo AS (
     INSERT INTO repeat_demographic_rollup AS r
-    SELECT c.hour, c.next_hour, c.source, k.dim, k.key1, k.key2, pg_backend_pid(), sum(c.users)
+    SELECT c.hour, c.next_day, c.source, k.dim, k.key1, k.key2, pg_backend_pid(), sum(c.users)
     FROM hour_combos c CROSS JOIN LATERAL adfunnel_demographic_keys(c.source, c.funnel_stage,
          c.age, c.gender, c.country, c.city, c.device) k
     GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(c.users) <> 0 ORDER BY 1, 2, 3, 4, 5, 6
-    ON CONFLICT (hour, next_hour, source, dim, key1, key2, shard)
+    ON CONFLICT (hour, next_day, source, dim, key1, key2, shard)
     DO UPDATE SET users = r.users + EXCLUDED.users),
  repeat_followers AS (
     INSERT INTO repeat_follower_rollup AS r
-    SELECT hour, next_hour, adfunnel_follower_bin(followers), pg_backend_pid(), sum(sign),
+    SELECT hour, adfunnel_next_day(next_hour), adfunnel_follower_bin(followers), pg_backend_pid(),
+           sum(sign),
            coalesce(sum(followers * sign), 0)
     FROM hour_changes WHERE track = 't'
     GROUP BY 1, 2, 3 HAVING sum(sign) <> 0 OR coalesce(sum(followers * sign), 0) <> 0
     ORDER BY 1, 2, 3
-    ON CONFLICT (hour, next_hour, bin, shard)
+    ON CONFLICT (hour, next_day, bin, shard)
     DO UPDATE SET users = r.users + EXCLUDED.users, followers = r.followers + EXCLUDED.followers)
 $q$
 $$;
@@ -314,12 +325,12 @@ FROM (SELECT DISTINCT ON (track, user_id, hour) *
       ORDER BY track, user_id, hour, event_time DESC, received_at DESC, event_id DESC) latest;
 
 INSERT INTO repeat_demographic_rollup
-SELECT h.hour, h.next_hour, h.source, k.dim, k.key1, k.key2, 0, count(*)
+SELECT h.hour, adfunnel_next_day(h.next_hour), h.source, k.dim, k.key1, k.key2, 0, count(*)
 FROM repeat_user_hours h CROSS JOIN LATERAL adfunnel_demographic_keys(h.source,
      h.funnel_stage, h.age, h.gender, h.country, h.city, h.device) k
 WHERE h.track <> 't' GROUP BY 1, 2, 3, 4, 5, 6;
 
 INSERT INTO repeat_follower_rollup
-SELECT hour, next_hour, adfunnel_follower_bin(followers), 0, count(*),
+SELECT hour, adfunnel_next_day(next_hour), adfunnel_follower_bin(followers), 0, count(*),
        coalesce(sum(followers), 0)
 FROM repeat_user_hours WHERE track = 't' GROUP BY 1, 2, 3;
