@@ -38,6 +38,9 @@ class Timings:
 
     optimized: list[float] = field(default_factory=list)
     naive: list[float] = field(default_factory=list)
+    # Answers compared with the naive query's, and how many of them differed.
+    compared: int = 0
+    differing: int = 0
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -90,6 +93,29 @@ async def _timed(conn: Conn, query: Query) -> float:
     started = time.perf_counter()
     await query(conn)
     return (time.perf_counter() - started) * 1000
+
+
+async def data_set(conn: Conn) -> dict[str, Any]:
+    """Which user mix the database holds (SPEC §3): events, users, the share of events by
+    users with several events, and by the 600 busiest users of each source."""
+    events = await conn.fetchval("SELECT sum(events) FROM event_rollup_day")
+    row = await conn.fetchrow(
+        "SELECT count(*) AS users, coalesce(sum(events) FILTER (WHERE events > 1), 0) AS repeat"
+        " FROM demographic_users"
+    )
+    busiest = await conn.fetchval(
+        "SELECT coalesce(sum(events), 0) FROM (SELECT events, row_number() OVER"
+        " (PARTITION BY source ORDER BY events DESC) AS rank FROM demographic_users) u"
+        " WHERE rank <= 600"
+    )
+    events = int(events or 0)
+    assert row is not None  # an aggregate always returns its row
+    return {
+        "events": events,
+        "users": int(row["users"]),
+        "returning_share": round(int(row["repeat"]) / events, 3) if events else 0.0,
+        "busiest_600_share": round(int(busiest) / events, 3) if events else 0.0,
+    }
 
 
 async def run(database_url: str, *, samples: int, seed: int) -> dict[str, Timings]:
@@ -157,7 +183,7 @@ async def _demographics(
     naive equivalent; both run their queries side by side on the pool's connections."""
     window, source = EventFilters(filters.start, filters.end), filters.source
     started = time.perf_counter()
-    await storage.demographics(pool, window, source)
+    answer = await storage.demographics(pool, window, source)
     timings.optimized.append((time.perf_counter() - started) * 1000)
     if not naive:
         return
@@ -168,13 +194,28 @@ async def _demographics(
         queries.append(lambda c: storage.naive_follower_stats(c, window))
         queries.append(lambda c: storage.naive_demographic_counts(c, window, "tiktok"))
 
-    async def on_connection(query: Query) -> None:
+    async def on_connection(query: Query) -> Any:
         async with pool.acquire() as conn:
-            await query(conn)
+            return await query(conn)
 
     started = time.perf_counter()
-    await asyncio.gather(*(on_connection(query) for query in queries))
+    naive_answers = await asyncio.gather(*(on_connection(query) for query in queries))
     timings.naive.append((time.perf_counter() - started) * 1000)
+    fast = [
+        part
+        for part in (answer.facebook, answer.tiktok_followers, answer.tiktok_engagement)
+        if part is not None
+    ]
+    timings.compared += 1
+    if [_comparable(part) for part in fast] != [_comparable(part) for part in naive_answers]:
+        timings.differing += 1
+
+
+def _comparable(part: Any) -> Any:
+    """A demographics part as a value: count rows as a set, follower stats as they are."""
+    if isinstance(part, list):
+        return {tuple(row) for row in part if row["users"]}
+    return part
 
 
 def table(results: dict[str, Timings]) -> tuple[str, dict[str, Any]]:
@@ -191,6 +232,9 @@ def table(results: dict[str, Timings]) -> tuple[str, dict[str, Any]]:
         if timings.naive:
             row |= {f"naive_p{q}_ms": _ms(timings.naive, q) for q in (50, 95, 99)}
             row["p95_ratio"] = round(row["naive_p95_ms"] / max(row["p95_ms"], 0.001), 1)
+        if timings.compared:
+            row["answers_compared"] = timings.compared
+            row["answers_differing"] = timings.differing
         figures[name] = row
         naive = (
             f"{row['naive_p50_ms']} | {row['naive_p95_ms']} | {row['naive_p99_ms']}"
@@ -206,10 +250,30 @@ def table(results: dict[str, Timings]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), figures
 
 
+async def _described(database_url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await data_set(conn)
+    finally:
+        await conn.close()
+
+
 def main(database_url: str, *, samples: int, seed: int, json_path: Path | None) -> None:
-    """Run, print the table, optionally write JSON."""
+    """Run, print the data set and the table, optionally write JSON."""
+    described = asyncio.run(_described(database_url))
+    print(
+        f"data set: {described['events']:,} events, {described['users']:,} users;"
+        f" {described['returning_share']:.0%} of the events by users with several,"
+        f" {described['busiest_600_share']:.0%} by the 600 busiest users of each source"
+    )
     results = asyncio.run(run(database_url, samples=samples, seed=seed))
     text, figures = table(results)
+    figures["data_set"] = described
     print(text)
+    demographics = results["demographics"]
+    print(
+        f"demographics: {demographics.compared} answers compared with the naive query's,"
+        f" {demographics.differing} differing"
+    )
     if json_path is not None:
         json_path.write_text(json.dumps(figures, indent=2))

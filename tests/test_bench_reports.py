@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from adfunnel import bench_reports
@@ -35,3 +36,28 @@ async def test_the_bench_runs_on_a_seeded_database(database: str) -> None:
     assert len(results["revenue"].optimized) == 4
     assert len(results["demographics"].optimized) == 4
     assert len(results["demographics"].naive) == 3  # the naive ones: a fifth, at least 3
+    # Each naive answer is also the check of the optimized one.
+    assert results["demographics"].compared == 3
+    assert results["demographics"].differing == 0
+
+
+@pytest.mark.integration
+async def test_the_data_set_is_described_by_its_user_mix(database: str) -> None:
+    await seed(database, SeedPlan(events=4_000, days=1, seed=6, batch=1_000, hot_users=3))
+    conn = await asyncpg.connect(database)
+    try:
+        described = await bench_reports.data_set(conn)
+    finally:
+        await conn.close()
+    assert described["events"] == await _stored(database)
+    # Half of the events come from the 3 hot users of each source, who return constantly.
+    assert 0.45 < described["returning_share"] < 0.7
+    assert described["busiest_600_share"] > 0.5
+
+
+async def _stored(database: str) -> int:
+    conn = await asyncpg.connect(database)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await conn.close()
