@@ -789,7 +789,7 @@ def _latest_repeat_users(
 class _RepeatParts:
     """Users with several events of a source, in range (migration 0007), under the common
     table expressions `ctes`: `rollup` selects the rows of the repeat rollups to add up and
-    `last_hours` the hour rows that are their users' latest in range (both None when the
+    `last_hours` the hour rows those rollup rows count (both None when the
     range holds no whole hour); `people` are signed attribute rows (`_DEMOGRAPHIC_COLUMNS`,
     `sign`) read row by row."""
 
@@ -843,9 +843,12 @@ def _repeat_user_parts(
     people = []
     if hi is None:
         rollup = f"{in_hours} AND next_day = 'infinity'"
+        last_hours = f"{in_hours} AND next_hour = 'infinity'"
     else:
         next_day = _ceil(hi, "day")
-        rollup = f"{in_hours} AND next_day >= {params.add(next_day)}"
+        day_after = params.add(next_day)
+        rollup = f"{in_hours} AND next_day >= {day_after}"
+        last_hours = f"{in_hours} AND next_hour >= {day_after}"
         if next_day > hi:
             people.append(
                 f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM repeat_user_hours WHERE track = '{track}'"
@@ -872,7 +875,7 @@ def _repeat_user_parts(
             f" AND h.hour = {params.add(lo - _STEP['hour'])}"
             f" WHERE h.next_hour >= {until} AND {last_after}"
         )
-    return _RepeatParts(ctes, rollup, f"{in_hours} AND next_hour >= {until}", people)
+    return _RepeatParts(ctes, rollup, last_hours, people)
 
 
 async def demographic_counts(
@@ -1030,7 +1033,12 @@ async def follower_stats(conn: Conn, filters: EventFilters) -> FollowerStats:
             if rank <= seen + row["users"]:
                 if row["bin"] not in values:
                     return int(row["bin"])  # a bin one value wide
-                return values[row["bin"]][rank - seen - 1]
+                found = values[row["bin"]]
+                if len(found) != row["users"]:  # the parts disagree: never a wrong median
+                    raise AssertionError(
+                        f"bin {row['bin']}: {len(found)} values, {row['users']} users"
+                    )
+                return found[rank - seen - 1]
             seen += row["users"]
         raise AssertionError(f"rank {rank} beyond {counted} users")
 
