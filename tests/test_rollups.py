@@ -71,23 +71,31 @@ def staged(payload: dict[str, object], received: datetime, seq: int) -> StagedEv
 
 
 @pytest.mark.integration
-async def test_rollups_agree_with_raw_rows_under_concurrent_writers(database: str) -> None:
+@pytest.mark.parametrize("mix", ["new users", "returning users", "hot users"])
+async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
+    database: str, mix: str
+) -> None:
     pool = await storage.create_pool(database, size=4)
     async with pool.acquire() as conn:
         await storage.migrate(conn)
     rng = random.Random(7)
-    generator = Generator(seed=7)
+    generator = Generator(seed=7, returning_share=0.0 if mix == "new users" else 0.02)
     events = [
         generator.event(at=BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
         for _ in range(4_000)
     ]
     # Repeat users: a fifth of the events reuse (and update) the user of an earlier event of
-    # the same source, so users move between the single-event and repeat parts.
-    for event in rng.sample(events, 800):
+    # the same source, so users move between the single-event and repeat parts; or half of
+    # them come from three users per source.
+    others = {"new users": 0, "returning users": 800, "hot users": 0}[mix]
+    for event in rng.sample(events, others):
         make = generator.facebook if event["source"] == "facebook" else generator.tiktok
         other = make(None, BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
         other["data"]["user"]["userId"] = event["data"]["user"]["userId"]
         events.append(other)
+    if mix == "hot users":
+        for event in events[:2_000]:
+            event["data"]["user"]["userId"] = f"hot-{event['source']}-{rng.randrange(3)}"
     rng.shuffle(events)
     # Re-sends with other content and an earlier receipt time replace stored copies.
     changed = []
@@ -114,7 +122,13 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(database: st
         assert await storage.rollup_mismatches(conn) == []
         assert await storage.demographic_mismatches(conn) == {}
         repeat = await conn.fetchval("SELECT count(DISTINCT user_id) FROM repeat_user_events")
-        assert repeat > 300  # the test exercises both parts
+        copies = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
+        if mix == "new users":
+            assert repeat < 20  # only re-sends with other content bring a user back
+        elif mix == "returning users":
+            assert repeat > 300  # the test exercises both parts
+        else:
+            assert copies > 1_800  # the hot users' events, across three days
         await same_demographics(conn, rng)
         deleted = await conn.execute(
             "DELETE FROM events WHERE event_id = ANY($1)", [e["eventId"] for e in events[:300]]
@@ -124,7 +138,8 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(database: st
         assert await storage.demographic_mismatches(conn) == {}
         await same_demographics(conn, rng)
         total = await conn.fetchval("SELECT sum(events) FROM event_rollup_day")
-        assert total == await conn.fetchval("SELECT count(*) FROM events") == 4_500
+        expected = len({e["eventId"] for e in events}) - 300
+        assert total == await conn.fetchval("SELECT count(*) FROM events") == expected
     await pool.close()
 
 
