@@ -727,9 +727,10 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
 
 
 # Demographics: users with one event of their source come from the demographic rollups
-# (whole hours and days) and the raw rows at the edges; users with more events from the
-# latest of their copies in `repeat_user_events` (migration 0003). Each user is in exactly one
-# of the parts, so the parts add up.
+# (whole hours and days) and the raw rows at the edges (migration 0003); users with more
+# events from their hour rows' rollups and, at the edges, their copies in
+# `repeat_user_events` (migration 0007). Each user is in exactly one of the parts, so the
+# parts add up.
 DEMOGRAPHIC_GRAINS = ("day", "hour")
 _SINGLE = "NOT EXISTS (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id)"
 
@@ -772,17 +773,6 @@ def _single_user_parts(
         f" (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id AND {copies})"
     )
     return parts, edges
-
-
-def _latest_repeat_users(
-    filters: EventFilters, params: _Params, source: str, *extra: str, columns: str
-) -> str:
-    """The latest event in range of each user with several events of `source`."""
-    conditions = [f"source = {params.add(source)}", *_range_conditions(filters, params), *extra]
-    return (
-        f"SELECT {_LATEST_USER} {columns} FROM repeat_user_events"
-        f" WHERE {' AND '.join(conditions)} {_LATEST_ORDER}"
-    )
 
 
 @dataclass(frozen=True, slots=True)
