@@ -41,17 +41,27 @@ from adfunnel.storage import (
 
 log = structlog.get_logger(component="writer")
 
-# SQLSTATE classes that say "try again later" rather than "this data is bad":
-# connection, resources, operator intervention, transaction rollback, system error.
-_TRANSIENT_CLASSES = ("08", "53", "57", "40", "58", "XX")
+# The SQLSTATE classes that belong to one row's data: a data exception (22: a value out of
+# range, text PostgreSQL cannot store) and an integrity violation (23). Any other error from
+# PostgreSQL would meet the next event just the same (read-only during a failover, a revoked
+# privilege, a missing table, a full disk, a class not known here): an outage, which must
+# never turn a valid event into a poison one.
+_ROW_DATA_CLASSES = ("22", "23")
 _CONFLICT_RETRIES = 3
+# Can this session write what the writers write? `SELECT 1` answers during a failover's
+# read-only spell and without the INSERT privilege.
+_WRITABLE = (
+    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
+    " AND has_table_privilege('events', 'INSERT') AND has_table_privilege('events', 'UPDATE')"
+    " AND has_table_privilege('rejected_events', 'INSERT')"
+)
 
 
 def is_transient(error: BaseException) -> bool:
-    """True when retrying the same write later may succeed; anything else is bad data."""
+    """True when the error is not about the data written: retrying later may succeed."""
     if isinstance(error, asyncpg.PostgresError):
         state = getattr(error, "sqlstate", None) or ""
-        return state[:2] in _TRANSIENT_CLASSES
+        return state[:2] not in _ROW_DATA_CLASSES
     return isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError | StorageUnavailable)
 
 
@@ -160,13 +170,12 @@ class Writer:
         return os.getpid()
 
     async def ping(self) -> bool:
-        """True when the writer can reach PostgreSQL."""
+        """True when the writer can reach PostgreSQL and write there."""
         try:
             pool = await self._connection_pool()
-            await pool.fetchval("SELECT 1")
+            return bool(await pool.fetchval(_WRITABLE))
         except Exception:  # noqa: BLE001  # a health probe answers, it never raises
             return False
-        return True
 
     async def write(self, deliveries: Sequence[Delivery]) -> WriteResult:
         """Commit every delivery's rows, or raise `StorageUnavailable` having committed none."""

@@ -422,6 +422,79 @@ async def test_write_without_a_database_raises_storage_unavailable() -> None:
         await w.close()
 
 
+async def _admin(database: str, sql: str) -> None:
+    # A session of its own settings: the database's own default may be read-only.
+    conn = await asyncpg.connect(database, server_settings={"default_transaction_read_only": "off"})
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_a_read_only_database_is_an_outage_never_poison(database_migrated: str) -> None:
+    """A failover's read-only spell (SPEC §5): no valid event may land in the rejected store,
+    however many deliveries it lasts; once writable again the same deliveries are stored."""
+    name = database_migrated.rsplit("/", 1)[1]
+    g = gen(31)
+    events = [g.facebook() for _ in range(3)]
+    body = event_lines(events)
+    await _admin(
+        database_migrated, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'
+    )
+    w = Writer(make_settings(), database_migrated, 5)  # its sessions start read-only
+    try:
+        assert await w.ping() is False
+        for attempt in range(1, 13):  # beyond max_deliver (10)
+            with pytest.raises(StorageUnavailable):
+                await w.write([delivery("facebook", body, "m-ro", num_delivered=attempt)])
+        await w.close()
+        await _admin(
+            database_migrated, f'ALTER DATABASE "{name}" SET default_transaction_read_only = off'
+        )
+        assert await w.ping() is True  # new sessions are writable again
+        result = await w.write([delivery("facebook", body, "m-ro", num_delivered=13)])
+        assert (result.stored, result.rejected) == (3, 0)
+    finally:
+        await w.close()
+    assert await event_ids(database_migrated) == {e["eventId"] for e in events}
+    assert await rejected_rows(database_migrated) == []
+
+
+async def test_a_revoked_insert_privilege_is_an_outage_never_poison(
+    database_migrated: str,
+) -> None:
+    role = f"writer_{database_migrated.rsplit('/', 1)[1]}"[:63]
+    await _admin(
+        database_migrated,
+        f'CREATE ROLE "{role}" LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}";'
+        f' GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}";'
+        f' GRANT CREATE, USAGE ON SCHEMA public TO "{role}"',
+    )
+    as_role = database_migrated.replace("://postgres@", f"://{role}@", 1)
+    g = gen(32)
+    events = [g.tiktok() for _ in range(3)]
+    body = event_lines(events)
+    w = Writer(make_settings(), as_role, 6)
+    try:
+        assert await w.ping() is True
+        await _admin(database_migrated, f'REVOKE INSERT ON events FROM "{role}"')
+        assert await w.ping() is False
+        with pytest.raises(StorageUnavailable):
+            await w.write([delivery("tiktok", body, "m-priv", num_delivered=11)])
+        await _admin(database_migrated, f'GRANT INSERT ON events TO "{role}"')
+        assert await w.ping() is True
+        result = await w.write([delivery("tiktok", body, "m-priv", num_delivered=12)])
+        assert (result.stored, result.rejected) == (3, 0)
+    finally:
+        await w.close()
+        await _admin(
+            database_migrated,
+            f'REASSIGN OWNED BY "{role}" TO postgres; DROP OWNED BY "{role}"; DROP ROLE "{role}"',
+        )
+    assert await event_ids(database_migrated) == {e["eventId"] for e in events}
+    assert await rejected_rows(database_migrated) == []
+
+
 async def test_is_transient_on_real_errors(database_migrated: str) -> None:
     conn = await asyncpg.connect(database_migrated)
     other = await asyncpg.connect(database_migrated)
@@ -465,6 +538,11 @@ async def test_is_transient_on_real_errors(database_migrated: str) -> None:
         (asyncpg.exceptions.DeadlockDetectedError("deadlock"), True),
         (asyncpg.exceptions.DiskFullError("disk"), True),
         (StorageUnavailable("down"), True),
+        # Errors every statement would meet: an outage, whatever the data.
+        (asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"), True),
+        (asyncpg.exceptions.InsufficientPrivilegeError("permission denied"), True),
+        (asyncpg.exceptions.UndefinedTableError("no events table"), True),
+        (asyncpg.exceptions.FeatureNotSupportedError("a class not known here"), True),
         (asyncpg.exceptions.UntranslatableCharacterError("\\u0000"), False),
         (asyncpg.exceptions.InvalidTextRepresentationError("bad"), False),
         (asyncpg.exceptions.NumericValueOutOfRangeError("big"), False),
