@@ -122,8 +122,8 @@ def test_a_message_that_always_fails_is_dead_lettered_after_bounded_redeliveries
         # Nothing more can arrive: the durable consumer has no message pending or unacked
         # (the dead-lettered one was acknowledged).
         def settled() -> bool:
-            state = ray.get(consumer.status.remote(), timeout=30)
-            return state.get("pending") == 0 and state.get("ack_pending") == 0
+            state: dict[str, Any] = ray.get(consumer.status.remote(), timeout=30)
+            return bool(state.get("pending") == 0 and state.get("ack_pending") == 0)
 
         wait_until(settled, timeout=60, what="every message acknowledged")
         # Tried in delivery order, each delivery once alone (a first try may also have been
