@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import ray
@@ -292,6 +293,62 @@ def test_postgresql_stopped_for_30_seconds_then_started_again(
     # The gateway kept accepting while JetStream had room: the outage cost no POST.
     assert set(outcome.statuses) == {"202"}, outcome
     assert_kept(outcome)
+
+
+def _set_read_only(database_url: str, on: bool) -> None:
+    """A managed PostgreSQL's failover, as the writers see it: their sessions are cut and
+    new ones are read-only (then, after the spell, writable again)."""
+    name = database_url.rsplit("/", 1)[1]
+    value = "on" if on else "off"
+
+    async def flip() -> None:
+        conn = await asyncpg.connect(
+            database_url, server_settings={"default_transaction_read_only": "off"}
+        )
+        try:
+            await conn.execute(
+                f'ALTER DATABASE "{name}" SET default_transaction_read_only = {value}'
+            )
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+
+    run(flip())
+
+
+def test_postgresql_read_only_for_longer_than_max_deliver_misfiles_nothing(
+    ray_cluster: str, system_settings: dict[str, Any]
+) -> None:
+    """SPEC §5: a failover is an outage, never bad data. Read-only for far longer than the
+    three deliveries' backoff that make a message poison: no valid event may reach the
+    rejected store, and every 202 is stored once."""
+    settings = {**system_settings, "max_deliver": 3}
+    database = settings["database_url"]
+    system = deploy(ray_cluster, settings)
+    try:
+        load = Load(system.base_url, seed=105)
+        load.run_for(5)
+        _set_read_only(database, True)
+        load.run_for(20)
+        _set_read_only(database, False)
+        wait_until(lambda: ready(system.base_url), timeout=180, what="ready after read-only")
+        load.run_for(5)
+        summary = load.stop()
+        outcome = settle("PostgreSQL read-only 20 s", database, system.base_url, summary)
+    finally:
+        undeploy()
+    assert_kept(outcome)
+    # Every POST was answered, and as accepted: the stream had room the whole time.
+    assert set(outcome.statuses) == {"202"}, outcome
+    rejected = db_fetch(database, "SELECT event_id, reason FROM rejected_events")
+    accepted = summary.accepted_ids()
+    misfiled = [row for row in rejected if row["event_id"] in accepted]
+    assert misfiled == [], misfiled[:3]
+    # What is there is what the publisher sent invalid, each with its field named.
+    assert all(not row["reason"].startswith(("undeliverable", "storage:")) for row in rejected)
 
 
 def _start_system(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
