@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 
 from adfunnel import bus, http, logs, metrics
@@ -134,7 +135,11 @@ def readiness_components(status: dict[str, Any]) -> dict[str, Any]:
     name="Gateway",
     num_replicas=1,
     ray_actor_options={"num_cpus": 0.3},
-    max_ongoing_requests=8,
+    # Room for the POSTs waiting for a slot (at most `admission_timeout_s`) and for the health
+    # probes beside them; past that Serve's proxy refuses at once, also with 503 + Retry-After.
+    max_ongoing_requests=16,
+    max_queued_requests=16,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=2),
     graceful_shutdown_wait_loop_s=1,
     graceful_shutdown_timeout_s=60,
     health_check_period_s=5,
@@ -151,6 +156,7 @@ class Gateway:
         self.supervisor = supervisor
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._slots = asyncio.Semaphore(settings.gateway_concurrent_posts)
         # Connecting waits for the supervisor (which may be starting embedded servers);
         # meanwhile the gateway answers 503 rather than blocking its own start-up.
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -177,6 +183,26 @@ class Gateway:
     async def webhook(self, request: Request) -> Response:
         """Accept a batch: valid events are published even when others are rejected."""
         started = time.perf_counter()
+        bound = self.settings.admission_timeout_s
+        try:
+            async with asyncio.timeout(bound):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning("overloaded: POST refused", waited_s=bound)
+            metrics.gateway_overloaded()
+            return http.error_response(
+                503,
+                "overloaded",
+                f"events not accepted: the gateway could not start on this request within"
+                f" {bound:g} s; nothing was claimed, send it again later",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        try:
+            return await self._accept(request, started)
+        finally:
+            self._slots.release()
+
+    async def _accept(self, request: Request, started: float) -> Response:
         cid = http.correlation_id(request)
         received_at = datetime.now(UTC)
         body = await read_body(request, self.settings.max_body_bytes)

@@ -94,6 +94,10 @@ def gateway_accepted(source: str, events: int) -> None:
     _inc("gateway_events_accepted", "Events accepted in a 202 answer.", events, source=source)
 
 
+def gateway_overloaded() -> None:
+    _inc("gateway_posts_overloaded", "POSTs refused with 503: no slot within the bound.", 1)
+
+
 def gateway_failed(source: str, reason: str, events: int) -> None:
     _inc(
         "gateway_events_failed",

@@ -242,6 +242,8 @@ class PostRecord:
     error: str | None = None
     # eventIds of the valid events, only for a 2xx POST (and only with `record_ids`).
     event_ids: tuple[str, ...] = ()
+    # A refusal's Retry-After header (SPEC §4: every 503 says when to come back).
+    retry_after: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -336,7 +338,11 @@ def _answered(sent: PostRecord, response: httpx.Response, valid_ids: tuple[str, 
     if not response.is_success:
         parts = [answer.get("error"), answer.get("message")] if isinstance(answer, dict) else []
         detail = ": ".join(str(part) for part in parts if part) or response.text
-        return replace(sent, error=f"HTTP {response.status_code} {detail}"[:300])
+        return replace(
+            sent,
+            error=f"HTTP {response.status_code} {detail}"[:300],
+            retry_after=response.headers.get("retry-after"),
+        )
     try:
         accepted, duplicates, rejected = (
             int(answer[key]) for key in ("accepted", "duplicates", "rejected")

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(1, ge=1, le=5)
     duplicate_window_s: float = Field(120.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0)
+    # Overload answers fast (SPEC §4): a replica works on this many POST bodies at once; a
+    # POST that cannot start within `admission_timeout_s` gets 503 + Retry-After instead of
+    # waiting in a queue for minutes.
+    gateway_concurrent_posts: int = Field(2, gt=0)
+    admission_timeout_s: float = Field(10.0, gt=0)
     writer_pool_size: int = Field(2, gt=0)
     consumers_per_source: int = Field(1, gt=0)
     fetch_batch_messages: int = Field(16, gt=0)

@@ -1,11 +1,15 @@
-"""The bus going away: the gateway answers 503 and claims nothing, then recovers by itself."""
+"""The bus going away, or more POSTs than the gateway can take: it answers 503 with
+Retry-After and claims nothing, then recovers by itself."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from adfunnel import embedded
@@ -63,5 +67,65 @@ def test_nats_unreachable_is_503_and_nothing_claimed(
         wait_until(lambda: system.total() >= len(promised), timeout=120, what="stored")
         rows = db_fetch(database, "SELECT event_id FROM events WHERE event_id = ANY($1)", promised)
         assert len(rows) == len(promised)
+    finally:
+        undeploy()
+
+
+def test_more_posts_than_the_gateway_can_take_are_refused_fast_with_retry_after(
+    ray_cluster: str, system_settings: dict[str, Any]
+) -> None:
+    """SPEC §4: overload answers 503 + Retry-After within the admission bound, never holds
+    a POST for minutes. One slot and a half-second bound, eight 50,000-event POSTs at once:
+    each takes the slot for longer than that, so some must be refused."""
+    settings = {**system_settings, "gateway_concurrent_posts": 1, "admission_timeout_s": 0.5}
+    system = deploy(ray_cluster, settings)
+    generator = Generator(seed=12)
+    batches = [generator.batch(50_000) for _ in range(8)]
+
+    async def post_all() -> list[httpx.Response]:
+        # The client's timeout is the bound of "answered": a POST held longer fails here.
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=90) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/webhook",
+                        content=orjson.dumps(batch),
+                        headers={"content-type": "application/json"},
+                    )
+                    for batch in batches
+                )
+            )
+
+    try:
+        answers = asyncio.run(post_all())
+        statuses = sorted(answer.status_code for answer in answers)
+        assert set(statuses) <= {202, 503}, statuses
+        refused = [a for a, _ in zip(answers, batches, strict=True) if a.status_code == 503]
+        assert refused and len(refused) < len(answers), statuses
+        for answer in refused:
+            assert answer.headers["retry-after"]
+            assert "accepted" not in answer.json()
+        kept = [b for a, b in zip(answers, batches, strict=True) if a.status_code == 202]
+        promised = {e["eventId"] for batch in kept for e in batch}
+        wait_until(lambda: system.total() >= len(promised), timeout=180, what="stored")
+        # A refused POST claimed nothing: none of its events was stored.
+        dropped = {
+            e["eventId"]
+            for a, b in zip(answers, batches, strict=True)
+            if a.status_code == 503
+            for e in b
+        } - promised
+        rows = db_fetch(
+            settings["database_url"],
+            "SELECT count(*) AS n FROM events WHERE event_id = ANY($1)",
+            sorted(dropped),
+        )
+        assert rows[0]["n"] == 0
+        stored = db_fetch(
+            settings["database_url"],
+            "SELECT count(*) AS n FROM events WHERE event_id = ANY($1)",
+            sorted(promised),
+        )
+        assert stored[0]["n"] == len(promised)
     finally:
         undeploy()
