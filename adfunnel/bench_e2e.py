@@ -186,6 +186,8 @@ class Results:
     freshness: list[float] = field(default_factory=list)
     accepted_ids: set[str] = field(default_factory=set)
     failed_posts: int = 0
+    # Of those, refused with 503 + Retry-After (overload, a full stream): claimed nothing.
+    refused_posts: int = 0
     lost: int | None = None
     duplicated: int | None = None
     peak_pss_kb: int = 0
@@ -223,6 +225,7 @@ class Results:
             "duplicated": self.duplicated,
             "accepted": len(self.accepted_ids),
             "failed_posts": self.failed_posts,
+            "refused_posts": self.refused_posts,
         }
         ledger = {phase: self.cpu[phase].figures() for phase in PHASES if phase in self.cpu}
         steady = ledger.get("sustained", {})
@@ -337,6 +340,7 @@ async def wait_visible(client: httpx.AsyncClient, total: int, timeout_s: float) 
 def _record(results: Results, summary: PublishSummary) -> None:
     results.accepted_ids |= summary.accepted_ids()
     results.failed_posts += summary.failed_posts
+    results.refused_posts += summary.refused_posts
 
 
 async def phase_e2e(client: httpx.AsyncClient, target: Target, plan: BenchPlan, r: Results) -> None:
@@ -587,6 +591,7 @@ async def _soak(
     soak.seconds, soak.sent = summary.seconds, summary.sent
     soak.lag_max_s = max((p.lag_s for p in summary.posts), default=0.0)
     r.failed_posts += summary.failed_posts
+    r.refused_posts += summary.refused_posts
     r.cpu["soak"] = PhaseCpu.of(cpu, soak.stored_total)
 
 

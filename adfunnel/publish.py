@@ -287,6 +287,11 @@ class PublishSummary:
         return sum(not post.ok for post in self.posts)
 
     @property
+    def refused_posts(self) -> int:
+        """Failed POSTs answered 503 with Retry-After: told to come back, nothing claimed."""
+        return sum(post.status == 503 and bool(post.retry_after) for post in self.posts)
+
+    @property
     def events_per_s(self) -> float:
         """Events sent per second, from the first POST to the last answer."""
         return self.sent / self.seconds if self.seconds > 0 else 0.0
@@ -564,7 +569,8 @@ def summary_text(summary: PublishSummary) -> str:
         f"rejected     {summary.rejected:,}",
         f"ack latency  p50 {_seconds(summary.latency_s(50))}"
         f"  p99 {_seconds(summary.latency_s(99))}",
-        f"failed POSTs {summary.failed_posts:,}",
+        f"failed POSTs {summary.failed_posts:,}"
+        f" (of them refused with 503 + Retry-After: {summary.refused_posts:,})",
     ]
     kinds = Counter(post.failure for post in summary.posts if not post.ok)
     for kind, n in kinds.most_common(5):

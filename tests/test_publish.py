@@ -440,7 +440,8 @@ class StubGateway:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json")],
+                "headers": [(b"content-type", b"application/json")]
+                + ([(b"retry-after", b"2")] if status == 503 else []),
             }
         )
         await send({"type": "http.response.body", "body": orjson.dumps(answer)})
@@ -536,6 +537,8 @@ async def test_failed_posts_are_counted_and_their_events_not_accepted(
     assert summary.exit_code == 1
     failed = [post for post in summary.posts if not post.ok]
     assert all(post.status == 503 and post.failure == "HTTP 503" for post in failed)
+    assert summary.refused_posts == summary.failed_posts  # each said when to come back
+    assert {post.retry_after for post in failed} == {"2"}
     check_accounting(summary, gateway.app.answers)
     assert summary.accepted == sum(post.valid for post in summary.posts if post.ok)
     assert summary.duplicates > 0
