@@ -848,7 +848,7 @@ def _repeat_user_parts(
         if next_day > hi:
             people.append(
                 f"SELECT {_DEMOGRAPHIC_COLUMNS}, 1 FROM repeat_user_hours WHERE track = '{track}'"
-                f" AND next_hour >= {until} AND next_hour < {params.add(next_day)} AND {in_hours}"
+                f" AND next_hour >= {until} AND next_hour < {day_after} AND {in_hours}"
             )
     ctes = []
     last_after = "TRUE"
