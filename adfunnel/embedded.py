@@ -202,6 +202,12 @@ def start_postgres(
         "checkpoint_timeout=15min",
         "-c",
         "wal_buffers=64MB",
+        # A new WAL segment is zero-filled before use unless an old one can be recycled, and
+        # until the first checkpoint none can: at the publisher's pace that writes every WAL
+        # byte twice (profiled: ~5 % of PostgreSQL's CPU). Off, the file gets its size from
+        # its last byte; each record is still written and flushed before its commit returns.
+        "-c",
+        "wal_init_zero=off",
     ]
     return _start(
         command, f"postgresql://postgres@{_HOST}:{port}/postgres", port, log, timeout, user
