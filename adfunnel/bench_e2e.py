@@ -445,16 +445,18 @@ def soak_sizes(plan: BenchPlan) -> list[int]:
     return [minute[i % 60] for i in range(plan.soak_s)]
 
 
-def _make_batches(options: PublishOptions, sizes: Sequence[int], out: Queue[Any]) -> None:
-    """The soak's generator process: each batch, without its ids, and how many of its events
-    are new to the store."""
+def _make_batches(
+    options: PublishOptions, sizes: Sequence[int], out: Queue[Any], keep_ids: bool
+) -> None:
+    """The soak's generator process: each batch (without its ids unless `keep_ids`), and how
+    many of its events are new to the store."""
     maker = BatchMaker(options)
     previous: set[str] = set()
     for size in sizes:
         batch = maker.make(size)
         ids = set(batch.valid_ids)
         # BatchMaker re-sends only the previous batch's events across POSTs.
-        out.put((replace(batch, valid_ids=()), len(ids - previous)))
+        out.put((batch if keep_ids else replace(batch, valid_ids=()), len(ids - previous)))
         previous = ids
     out.put(None)
 
@@ -462,15 +464,19 @@ def _make_batches(options: PublishOptions, sizes: Sequence[int], out: Queue[Any]
 class SoakBatches:
     """Batches made during the soak by a separate process, a bounded queue ahead: the soak's
     would take gigabytes made beforehand, and made here they would slow the publisher.
-    Iterate it to get them (what `publish(batches=…)` does, from a thread)."""
+    Iterate it to get them (what `publish(batches=…)` does, from a thread). A soak drops the
+    eventIds (gigabytes over minutes); `keep_ids` keeps them, for a run whose every accepted
+    event is looked up afterwards (the fault tests at the publisher's pace)."""
 
-    def __init__(self, options: PublishOptions, sizes: Sequence[int]) -> None:
+    def __init__(
+        self, options: PublishOptions, sizes: Sequence[int], *, keep_ids: bool = False
+    ) -> None:
         # Spawned, not forked: this process runs Ray's and the publisher's threads.
         context = multiprocessing.get_context("spawn")
         self._queue: Queue[Any] = context.Queue(maxsize=_SOAK_AHEAD)
         self._process = context.Process(
             target=_make_batches,
-            args=(options, list(sizes), self._queue),
+            args=(options, list(sizes), self._queue, keep_ids),
             name="adfunnel-bench-batches",
             daemon=True,
         )

@@ -5,6 +5,12 @@ middle, lets the system recover by itself, then checks every promised eventId ag
 database and the reporter's total against the rows (nothing counted twice). With
 `ADFUNNEL_CHAOS_REPORT=FILE` each test appends its figures to FILE as JSON lines (the
 README's reliability table).
+
+`ADFUNNEL_CHAOS_LOAD` picks the load: `ci` (the default) sends 3,000 events/s in POSTs of
+500 to 3,000, a pace a shared CI runner carries beside the suite; `publisher` is the real
+publisher at its maximum (a POST every second of 1,000 to 50,000 events, never waiting for an
+answer, made ahead by a separate process), for the fault table. `ADFUNNEL_CHAOS_READ_ONLY_S`
+sets how long PostgreSQL stays read-only (default 20).
 """
 
 from __future__ import annotations
@@ -13,26 +19,29 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import ray
 import yaml
 
 from actors.supervisor import ACTOR_NAMESPACE, actor_name
 from adfunnel import embedded, storage
+from adfunnel.bench_e2e import SoakBatches
 from adfunnel.generator import Generator
-from adfunnel.publish import PublishOptions, PublishSummary, publish
+from adfunnel.publish import Progress, PublishOptions, PublishSummary, publish
 from adfunnel.testing import (
     Deployed,
     db_fetch,
@@ -48,34 +57,87 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Load:
-    """The publisher simulator in a thread, sending until `stop`."""
+LOAD_PROFILE = os.environ.get("ADFUNNEL_CHAOS_LOAD", "ci")
+FULL_LOAD = LOAD_PROFILE == "publisher"
+assert LOAD_PROFILE in ("ci", "publisher"), f"ADFUNNEL_CHAOS_LOAD={LOAD_PROFILE!r}"
+READ_ONLY_S = float(os.environ.get("ADFUNNEL_CHAOS_READ_ONLY_S", "20"))
+# A backlog built at the publisher's pace takes minutes to drain once the load stops.
+SETTLE_S = 900 if FULL_LOAD else 240
+# The publisher never waits for an answer; the client's deadline is how long it would.
+CLIENT_TIMEOUT_S = 120 if FULL_LOAD else 60
+# Sizes for ten minutes of POSTs: more than any fault test runs.
+_FULL_LOAD_POSTS = 600
 
-    def __init__(self, base_url: str, seed: int, rate: float = 3_000) -> None:
-        self.options = PublishOptions(
+
+def load_options(base_url: str, seed: int) -> PublishOptions:
+    """What the fault tests send (see the module's docstring for the two profiles)."""
+    if FULL_LOAD:
+        return PublishOptions(
             endpoint=f"{base_url}/webhook",
-            rate=rate,
-            min_batch=500,
-            max_batch=3_000,
-            duplicate_share=0.02,
-            invalid_share=0.005,
-            concurrency=4,
-            timeout_s=60,
+            interval_s=1.0,
+            min_batch=1_000,
+            max_batch=50_000,
+            concurrency=256,
+            timeout_s=CLIENT_TIMEOUT_S,
             seed=seed,
         )
+    return PublishOptions(
+        endpoint=f"{base_url}/webhook",
+        rate=3_000,
+        min_batch=500,
+        max_batch=3_000,
+        duplicate_share=0.02,
+        invalid_share=0.005,
+        concurrency=4,
+        timeout_s=CLIENT_TIMEOUT_S,
+        seed=seed,
+    )
+
+
+class Load:
+    """The publisher simulator in a thread, sending until `stop`; `progress` is its latest
+    running count."""
+
+    def __init__(self, base_url: str, seed: int) -> None:
+        self.options = load_options(base_url, seed)
+        self.progress: Progress | None = None
         self._ready = threading.Event()
         self._summary: PublishSummary | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self._thread.start()
-        assert self._ready.wait(30)
+        assert self._ready.wait(120)
+
+    def _track(self, progress: Progress) -> None:
+        self.progress = progress
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._ready.set()
-        self._summary = await publish(self.options, stop=self._stop)
+        if not FULL_LOAD:
+            self._ready.set()
+            self._summary = await publish(self.options, stop=self._stop, on_progress=self._track)
+            return
+        # Generating 25,000 events/s takes half a core: another process makes them ahead.
+        rng = random.Random(self.options.seed)
+        low, high = self.options.min_batch, self.options.max_batch
+        sizes = [rng.randint(low, high) for _ in range(_FULL_LOAD_POSTS)]
+        with SoakBatches(self.options, sizes, keep_ids=True) as source:
+            source.wait_ahead(10, timeout_s=120)
+            self._ready.set()
+            self._summary = await publish(
+                self.options, stop=self._stop, on_progress=self._track, batches=source
+            )
+
+    def wait_for(self, condition: Callable[[Progress], bool], what: str, timeout: float) -> None:
+        """Until the running count meets `condition` (the load goes on meanwhile)."""
+        wait_until(
+            lambda: self.progress is not None and condition(self.progress),
+            timeout=timeout,
+            interval=0.2,
+            what=what,
+        )
 
     def run_for(self, seconds: float) -> None:
         """Let the load run for a while (the fault happens between these)."""
@@ -102,8 +164,16 @@ class Outcome:
     statuses: dict[str, int]
 
 
-def settle(fault: str, database_url: str, base_url: str, summary: PublishSummary) -> Outcome:
-    """Wait until every promised event is stored, then count lost and double-counted."""
+def settle(
+    fault: str,
+    database_url: str,
+    base_url: str,
+    summary: PublishSummary,
+    *,
+    also: tuple[str, ...] = (),
+) -> Outcome:
+    """Wait until every promised event is stored, then count lost and double-counted.
+    `also`: the classes of POSTs sent beside the load (none of them promised anything)."""
     promised = sorted(summary.accepted_ids())
 
     def stored_count() -> int:
@@ -115,7 +185,7 @@ def settle(fault: str, database_url: str, base_url: str, summary: PublishSummary
         return int(rows[0]["n"])
 
     with contextlib.suppress(TimeoutError):  # what is missing then is reported as lost
-        wait_until(lambda: stored_count() == len(promised), timeout=240, interval=1)
+        wait_until(lambda: stored_count() == len(promised), timeout=SETTLE_S, interval=1)
     stored = stored_count()
     rows = int(db_fetch(database_url, "SELECT count(*) AS n FROM events")[0]["n"])
     with httpx.Client(base_url=base_url, timeout=60) as client:
@@ -125,6 +195,10 @@ def settle(fault: str, database_url: str, base_url: str, summary: PublishSummary
         key = str(post.status) if post.status is not None else "transport error"
         if post.status == 503 and not post.retry_after:
             key = "503 without Retry-After"
+        if post.status == 500 and post.error == PROXY_500:
+            key = PROXY_500_CLASS
+        statuses[key] = statuses.get(key, 0) + 1
+    for key in also:
         statuses[key] = statuses.get(key, 0) + 1
     outcome = Outcome(
         fault=fault,
@@ -143,13 +217,21 @@ def settle(fault: str, database_url: str, base_url: str, summary: PublishSummary
     return outcome
 
 
+# A Serve replica that dies while it works on a request leaves Ray Serve's proxy to answer
+# it, and the proxy answers 500 with this plain-text body (never the gateway's JSON error
+# shape): the gateway's own death, seen through the proxy, like a reset connection.
+PROXY_500 = "HTTP 500 Internal Server Error"
+PROXY_500_CLASS = "500 from Serve's proxy (replica died)"
+
+
 def assert_kept(outcome: Outcome, *, gateway_died: bool = False) -> None:
     """Every 202's events stored once, and every POST answered with a class the fault table
-    counts: 202, or 503 with Retry-After (nothing claimed); a transport error (no answer
-    within the client's 60 s, a connection reset) only where the fault killed the gateway."""
+    counts: 202, or 503 with Retry-After (nothing claimed); only where the fault killed the
+    gateway, a transport error (no answer within the client's deadline, a connection reset)
+    or the proxy's plain 500 for the request the dead replica held."""
     assert outcome.accepted > 0, outcome
     assert (outcome.lost, outcome.duplicated) == (0, 0), outcome
-    allowed = {"202", "503"} | ({"transport error"} if gateway_died else set())
+    allowed = {"202", "503"} | ({"transport error", PROXY_500_CLASS} if gateway_died else set())
     assert set(outcome.statuses) <= allowed, outcome
 
 
@@ -339,12 +421,14 @@ def test_postgresql_read_only_for_longer_than_max_deliver_misfiles_nothing(
         load = Load(system.base_url, seed=105)
         load.run_for(5)
         _set_read_only(database, True)
-        load.run_for(20)
+        load.run_for(READ_ONLY_S)
         _set_read_only(database, False)
         wait_until(lambda: ready(system.base_url), timeout=180, what="ready after read-only")
         load.run_for(5)
         summary = load.stop()
-        outcome = settle("PostgreSQL read-only 20 s", database, system.base_url, summary)
+        outcome = settle(
+            f"PostgreSQL read-only {READ_ONLY_S:g} s", database, system.base_url, summary
+        )
     finally:
         undeploy()
     assert_kept(outcome)
@@ -356,6 +440,104 @@ def test_postgresql_read_only_for_longer_than_max_deliver_misfiles_nothing(
     assert misfiled == [], misfiled[:3]
     # What is there is what the publisher sent invalid, each with its field named.
     assert all(not row["reason"].startswith(("undeliverable", "storage:")) for row in rejected)
+
+
+def test_a_full_stream_answers_503_until_the_writers_drain_it(
+    ray_cluster: str, system_settings: dict[str, Any]
+) -> None:
+    """SPEC §4: when JetStream cannot take a request's events the gateway answers 503 with
+    Retry-After and claims nothing; once the writers make room, 202 again. The store is
+    small (16 MiB) and PostgreSQL read-only meanwhile, so that it fills for certain."""
+    settings = {**system_settings, "stream_max_bytes": 16 * 1024 * 1024}
+    database = settings["database_url"]
+    system = deploy(ray_cluster, settings)
+    try:
+        load = Load(system.base_url, seed=106)
+        load.run_for(3)
+        _set_read_only(database, True)
+        load.wait_for(lambda p: p.failed_posts > 0, "a POST refused: the store full", 180)
+        full = load.progress
+        assert full is not None
+        load.run_for(3)
+        _set_read_only(database, False)
+        load.wait_for(
+            lambda p: p.accepted > full.accepted, "a POST accepted again after the drain", 180
+        )
+        load.run_for(5)
+        summary = load.stop()
+        outcome = settle(
+            "JetStream store full (16 MiB, PostgreSQL read-only until it is)",
+            database,
+            system.base_url,
+            summary,
+        )
+    finally:
+        undeploy()
+    assert_kept(outcome)
+    assert outcome.statuses.get("503", 0) > 0, outcome
+    refused = [post for post in summary.posts if post.status == 503]
+    accepted_after = [post for post in summary.posts if post.ok and post.index > refused[0].index]
+    assert accepted_after, "no POST was accepted after the first refusal"
+
+
+def _gateway_replica_pids() -> list[int]:
+    """Processes of the gateway's Serve replicas (Ray titles them by deployment)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+            if title.startswith(b"ray::ServeReplica:ingest:Gateway"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_gateway_replica_killed_with_sigkill_mid_post(system: Deployed) -> None:
+    """The gateway's own death: a POST it was working on may get no answer (a transport
+    error), never a 202 for events it did not publish; Serve starts a new replica and every
+    202 before and after is kept."""
+    load = Load(system.base_url, seed=107)
+    load.run_for(4)
+    (victim,) = _gateway_replica_pids()
+    # A 50,000-event POST keeps the replica busy for a second or more: killed inside it.
+    big = orjson.dumps(Generator(seed=108).batch(50_000))
+    answer: list[httpx.Response | Exception] = []
+
+    def post_big() -> None:
+        try:
+            answer.append(httpx.post(f"{system.base_url}/webhook", content=big, timeout=120))
+        except httpx.HTTPError as error:
+            answer.append(error)
+
+    poster = threading.Thread(target=post_big)
+    poster.start()
+    time.sleep(0.5)
+    os.kill(victim, signal.SIGKILL)
+    poster.join(150)
+    wait_until(
+        lambda: [pid for pid in _gateway_replica_pids() if pid != victim],
+        timeout=120,
+        what="a new gateway replica",
+    )
+    wait_until(lambda: ready(system.base_url), timeout=120, what="ready after the kill")
+    answered = load.progress.posts_answered if load.progress else 0
+    load.wait_for(lambda p: p.posts_answered > answered + 2, "POSTs answered again", 120)
+    summary = load.stop()
+    # The POST the replica died in: no answer, or the proxy's plain 500; never a 202.
+    (died_in,) = answer
+    if isinstance(died_in, httpx.Response):
+        assert (died_in.status_code, died_in.text) == (500, "Internal Server Error"), died_in
+    assert_kept(
+        settle(
+            "gateway replica killed (SIGKILL) mid-POST",
+            system.settings["database_url"],
+            system.base_url,
+            summary,
+            also=(PROXY_500_CLASS if isinstance(died_in, httpx.Response) else "transport error",),
+        ),
+        gateway_died=True,
+    )
 
 
 def _start_system(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
