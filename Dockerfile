@@ -19,7 +19,7 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone: this layer (Ray and the rest, most of the
 # image) is rebuilt only when the dependencies change, not on every code change.
 COPY pyproject.toml README.md ./
-RUN mkdir -p adfunnel/migrations actors \
+RUN mkdir -p adfunnel/storage/migrations actors \
     && touch adfunnel/__init__.py actors/__init__.py serve_app.py \
     && pip install . \
     && pip uninstall -y adfunnel \

@@ -8,6 +8,7 @@ supervisor must not leave servers holding the data directory. Ports are picked f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -20,11 +21,13 @@ import sys
 import sysconfig
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from adfunnel import storage
 from adfunnel.errors import EmbeddedServerError
+from adfunnel.settings import Settings
 
 _HOST = "127.0.0.1"
 DATABASE = "adfunnel"  # the project's database on the embedded server
@@ -212,6 +215,22 @@ def start_postgres(
     return _start(
         command, f"postgresql://postgres@{_HOST}:{port}/postgres", port, log, timeout, user
     )
+
+
+@contextlib.contextmanager
+def database(explicit: str | None) -> Iterator[str]:
+    """The database an operator command works on: `explicit`, else DATABASE_URL, else the
+    embedded one on DATA_DIR (started here, so the system itself must not be running)."""
+    settings = Settings()
+    url = explicit or settings.database_url
+    if url is not None:
+        yield url
+        return
+    server = start_postgres(settings.data_dir.resolve())
+    try:
+        yield asyncio.run(storage.prepared_database(server.url, DATABASE))
+    finally:
+        server.stop()
 
 
 def _die_with_parent(signum: int) -> Callable[[], None]:

@@ -26,10 +26,10 @@ from adfunnel.bus import (
     lane_filter,
     stream_config,
 )
-from adfunnel.generator import Generator
 from adfunnel.ingest import triage
 from adfunnel.schema import Accepted, Rejected, dump_json, validate_event
 from adfunnel.settings import Settings
+from adfunnel.tools.generator import Generator
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)
 PREFIX = "acme.ads"

@@ -4,7 +4,7 @@ Each test runs the publisher simulator against the pipeline, breaks something in
 middle, lets the system recover by itself, then checks every promised eventId against the
 database and the reporter's total against the rows (nothing counted twice). With
 `ADFUNNEL_CHAOS_REPORT=FILE` each test appends its figures to FILE as JSON lines (the
-README's reliability table).
+fault table of docs/reliability.md).
 
 `ADFUNNEL_CHAOS_LOAD` picks the load: `ci` (the default) sends 3,000 events/s in POSTs of
 500 to 3,000, a pace a shared CI runner carries beside the suite; `publisher` is the real
@@ -39,9 +39,6 @@ import yaml
 
 from actors.supervisor import ACTOR_NAMESPACE, actor_name
 from adfunnel import embedded, storage
-from adfunnel.bench_e2e import SoakBatches
-from adfunnel.generator import Generator
-from adfunnel.publish import Progress, PublishOptions, PublishSummary, publish
 from adfunnel.testing import (
     Deployed,
     db_fetch,
@@ -51,6 +48,9 @@ from adfunnel.testing import (
     unique_names,
     wait_until,
 )
+from adfunnel.tools.bench.e2e import SoakBatches
+from adfunnel.tools.generator import Generator
+from adfunnel.tools.publish import Progress, PublishOptions, PublishSummary, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

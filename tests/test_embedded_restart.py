@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adfunnel.generator import CAMPAIGN_IDS, Generator
 from adfunnel.testing import db_fetch, deploy, undeploy, unique_names, wait_until
+from adfunnel.tools.generator import CAMPAIGN_IDS, Generator
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adfunnel.generator import Generator
 from adfunnel.testing import Deployed
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,6 @@ import pytest
 
 from adfunnel.bus import encode_batch
 from adfunnel.errors import BadSignature, InvalidBody, PayloadTooLarge
-from adfunnel.generator import Generator
 from adfunnel.ingest import (
     error_entries,
     may_be_unstorable,
@@ -29,6 +28,7 @@ from adfunnel.ingest import (
 )
 from adfunnel.schema import Accepted, Rejected
 from adfunnel.settings import Settings
+from adfunnel.tools.generator import Generator
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)
 

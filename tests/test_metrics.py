@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adfunnel import metrics
-from adfunnel.generator import Generator
 from adfunnel.ingest import triage
+from adfunnel.tools.generator import Generator
 
 
 def test_a_reason_is_labelled_by_the_field_it_names() -> None:

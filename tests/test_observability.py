@@ -18,8 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from adfunnel.generator import Generator
-from adfunnel.publish import PublishOptions, publish
 from adfunnel.testing import (
     Deployed,
     Prometheus,
@@ -29,6 +27,8 @@ from adfunnel.testing import (
     start_prometheus,
     wait_until,
 )
+from adfunnel.tools.generator import Generator
+from adfunnel.tools.publish import PublishOptions, publish
 
 pytestmark = pytest.mark.integration
 

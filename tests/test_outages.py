@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from adfunnel import embedded
-from adfunnel.generator import Generator
 from adfunnel.testing import Deployed, db_fetch, deploy, undeploy, unique_names, wait_until
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

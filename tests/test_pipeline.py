@@ -11,8 +11,8 @@ import pytest
 import ray
 
 from actors.supervisor import ACTOR_NAMESPACE, actor_name
-from adfunnel.generator import Generator
 from adfunnel.testing import Deployed, db_fetch, wait_until
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

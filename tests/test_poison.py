@@ -21,10 +21,10 @@ from actors.consumer import Consumer
 from actors.writer import Writer, WriteResult
 from adfunnel import bus, storage
 from adfunnel.bus import Delivery
-from adfunnel.generator import Generator
 from adfunnel.ingest import triage
 from adfunnel.settings import Settings
 from adfunnel.testing import db_fetch, run, wait_until
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from adfunnel.generator import Generator
 from adfunnel.testing import Deployed, wait_until
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

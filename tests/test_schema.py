@@ -19,7 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adfunnel import schema
-from adfunnel.generator import (
+from adfunnel.schema import (
+    Accepted,
+    EventRow,
+    Rejected,
+    event_row,
+    validate_event,
+    validate_json,
+)
+from adfunnel.tools.generator import (
     AGE_BUCKETS,
     CAMPAIGN_IDS,
     CORRUPTION_KINDS,
@@ -28,14 +36,6 @@ from adfunnel.generator import (
     FOLLOWER_BUCKETS,
     Generator,
     isoformat,
-)
-from adfunnel.schema import (
-    Accepted,
-    EventRow,
-    Rejected,
-    event_row,
-    validate_event,
-    validate_json,
 )
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adfunnel.generator import Generator
 from adfunnel.testing import db_fetch, deploy, undeploy, wait_until
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import ray
 from ray import serve
 from ray.util.state import list_actors
 
-from adfunnel.generator import Generator
 from adfunnel.testing import db_fetch, deploy, undeploy, wait_until
+from adfunnel.tools.generator import Generator
 
 PIPELINE_CLASSES = ("Writer", "Consumer", "ServeReplica:ingest:Gateway")
 

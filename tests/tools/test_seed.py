@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from adfunnel import cli
-from adfunnel.seed import SeedPlan, SeedResult, _batch, seed
 from adfunnel.testing import fetch_rows
+from adfunnel.tools.seed import SeedPlan, SeedResult, _batch, seed
 
 END = datetime(2026, 11, 27, tzinfo=UTC)
 

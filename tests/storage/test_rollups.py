@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adfunnel import storage
-from adfunnel.generator import Generator
 from adfunnel.schema import event_row
 from adfunnel.storage import GRAINS, StagedEvent, plan_segments
+from adfunnel.storage._filters import floor_to
+from adfunnel.tools.generator import Generator
 
 BASE = datetime(2026, 11, 20, tzinfo=UTC)
 moments = st.integers(min_value=0, max_value=10 * 86_400 * 1000).map(
@@ -51,7 +52,7 @@ def test_the_plan_covers_the_range_exactly_once(
     for grain in grains:
         for lo, hi in plan[grain]:
             for bound in (lo, hi):
-                assert bound is None or storage._floor(bound, grain) == bound
+                assert bound is None or floor_to(bound, grain) == bound
     # Raw rows are read only for less than a minute at each end of the range.
     raw = plan["raw"]
     assert all(lo is not None and hi is not None for lo, hi in raw)

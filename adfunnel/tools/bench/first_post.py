@@ -1,6 +1,7 @@
 """Time one burst against a running system: POST → 202 → last row committed → visible.
 
-    python bench/first_post.py [--url http://127.0.0.1:8000] [--events 50000] [--posts 1]
+    python -m adfunnel.tools.bench.first_post [--url http://127.0.0.1:8000] [--events 50000]
+        [--posts 1]
 
 The database is found in `/health/ready` (the embedded PostgreSQL's URL) or DATABASE_URL.
 "Committed" is the newest `stored_at` of the posted events, so the figure is
@@ -17,8 +18,8 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
-from adfunnel.generator import Generator
 from adfunnel.testing import db_fetch, wait_until
+from adfunnel.tools.generator import Generator
 
 
 def database_url(client: httpx.Client) -> str:

@@ -23,9 +23,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from adfunnel.generator import Generator
 from adfunnel.schema import EventRow, event_row
 from adfunnel.settings import Settings
+from adfunnel.tools.generator import Generator
 
 _PUBLISH_WINDOW = 1_000  # publishes in flight: enough to keep the server busy
 _FETCH = 1_000

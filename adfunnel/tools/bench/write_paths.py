@@ -1,11 +1,11 @@
 """Compare ways to write a batch of events to PostgreSQL (the writer's design choice).
 
-    python bench/write_paths.py [DATABASE_URL] [--rows 50000] [--batch 10000]
+    python -m adfunnel.tools.bench.write_paths [DATABASE_URL] [--rows 50000] [--batch 10000]
 
 Without a URL it starts the embedded PostgreSQL in a temporary directory. Each method
 writes the same generated events into a fresh `events` table, in batches, one
 transaction per batch, then writes the same batches again (all conflicts). Prints
-rows/s per method; timings belong here and in the README, never in tests.
+rows/s per method; timings belong here and in docs/performance.md, never in tests.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 
 from adfunnel import embedded, storage
-from adfunnel.generator import Generator
 from adfunnel.schema import event_row
 from adfunnel.storage import EVENT_COLUMNS, StagedEvent
+from adfunnel.tools.generator import Generator
 
 _COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
 _TYPES = (

@@ -23,9 +23,10 @@ import uvicorn
 
 from adfunnel import cli
 from adfunnel.errors import BadSignature
-from adfunnel.generator import Generator
 from adfunnel.ingest import SIGNATURE_HEADER, parse_body, triage, verify_signature
-from adfunnel.publish import (
+from adfunnel.schema import EVENT_TYPES, Accepted, Rejected, validate_event
+from adfunnel.tools.generator import Generator
+from adfunnel.tools.publish import (
     BatchMaker,
     Progress,
     PublishOptions,
@@ -34,8 +35,7 @@ from adfunnel.publish import (
     options_from_args,
     publish,
 )
-from adfunnel.schema import EVENT_TYPES, Accepted, Rejected, validate_event
-from adfunnel.stats import percentile
+from adfunnel.tools.stats import percentile
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)
 

@@ -36,9 +36,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from adfunnel.generator import DEFAULT_HOT_SHARE, DEFAULT_RETURNING_SHARE, Generator, user_mix
 from adfunnel.ingest import SIGNATURE_HEADER
-from adfunnel.stats import percentile
+from adfunnel.tools.generator import DEFAULT_HOT_SHARE, DEFAULT_RETURNING_SHARE, Generator, user_mix
+from adfunnel.tools.stats import percentile
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/webhook"
 ENDPOINT_ENV = "EVENT_ENDPOINT"

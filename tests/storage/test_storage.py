@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from adfunnel import schema, storage
-from adfunnel.generator import Generator
 from adfunnel.schema import dump_json, parse_timestamp
 from adfunnel.storage import EventFilters, RejectedRow, StagedEvent
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,10 @@ RECEIVED = datetime(2026, 11, 27, 10, 0, 1, tzinfo=UTC)
 
 
 def migration_versions() -> list[int]:
-    """The versions shipped in adfunnel/migrations, read independently of storage.py."""
+    """The versions shipped in adfunnel/storage/migrations, read independently of storage."""
     return sorted(
         int(entry.name[:4])
-        for entry in resources.files("adfunnel.migrations").iterdir()
+        for entry in resources.files("adfunnel.storage.migrations").iterdir()
         if re.fullmatch(r"\d{4}_\w+\.sql", entry.name)
     )
 

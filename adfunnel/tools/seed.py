@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from adfunnel import storage
-from adfunnel.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
 from adfunnel.schema import event_row
 from adfunnel.storage import StagedEvent
+from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import asyncpg
 
 from adfunnel import storage
 from adfunnel.schema import EVENT_TYPES, SOURCES
-from adfunnel.stats import percentile
 from adfunnel.storage import EventFilters
+from adfunnel.tools.stats import percentile
 
 if TYPE_CHECKING:
     from adfunnel.storage import Conn

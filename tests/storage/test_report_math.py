@@ -35,9 +35,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adfunnel import reporter, schema, storage
-from adfunnel.generator import CAMPAIGN_IDS, CORRUPTION_KINDS, Generator, isoformat
 from adfunnel.storage import RejectedRow, StagedEvent
 from adfunnel.testing import run, unique_database
+from adfunnel.tools.generator import CAMPAIGN_IDS, CORRUPTION_KINDS, Generator, isoformat
 
 pytestmark = pytest.mark.integration
 
@@ -434,7 +434,7 @@ class Range:
 
 def latest_per_user(facts: Iterable[Fact]) -> dict[str, Fact]:
     """Each user's newest event; of two at the same instant, the one received last (the
-    README's rule; receipt times never tie in these data sets)."""
+    rule of docs/api.md; receipt times never tie in these data sets)."""
     latest: dict[str, Fact] = {}
     for fact in sorted(facts, key=lambda f: (f.at, f.received_at)):
         latest[fact.user["userId"]] = fact

@@ -11,9 +11,10 @@ import asyncpg
 import httpx
 import pytest
 
-from adfunnel import bench_e2e
-from adfunnel.bench_e2e import BenchPlan, PhaseCpu, Results, Sample, SoakRun, Target, growth
-from adfunnel.bench_system import (
+from adfunnel.testing import Deployed
+from adfunnel.tools.bench import e2e as bench_e2e
+from adfunnel.tools.bench.e2e import BenchPlan, PhaseCpu, Results, Sample, SoakRun, Target, growth
+from adfunnel.tools.bench.system import (
     COMPONENTS,
     CpuMeter,
     ProcSample,
@@ -21,8 +22,7 @@ from adfunnel.bench_system import (
     ledger,
     split_scope,
 )
-from adfunnel.publish import BatchMaker, PublishOptions, publish
-from adfunnel.testing import Deployed
+from adfunnel.tools.publish import BatchMaker, PublishOptions, publish
 
 TINY = BenchPlan(
     e2e_events=2_500,

@@ -16,10 +16,10 @@ from actors.writer import Writer, is_transient
 from adfunnel import storage
 from adfunnel.bus import Delivery
 from adfunnel.errors import StorageUnavailable
-from adfunnel.generator import Generator
 from adfunnel.schema import Rejected, dump_json, event_row, validate_event
 from adfunnel.settings import Settings
 from adfunnel.testing import fetch_rows
+from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
 

@@ -42,11 +42,12 @@ from typing import Any
 import asyncpg
 import httpx
 
-from adfunnel import bench_system, publish
-from adfunnel.bench_floor import run_batched_floor, run_floor
-from adfunnel.bench_system import COMPONENTS, CpuMeter, CpuWindow
-from adfunnel.publish import Batch, BatchMaker, PublishOptions, PublishSummary
-from adfunnel.stats import percentile
+from adfunnel.tools import publish
+from adfunnel.tools.bench import system as bench_system
+from adfunnel.tools.bench.floor import run_batched_floor, run_floor
+from adfunnel.tools.bench.system import COMPONENTS, CpuMeter, CpuWindow
+from adfunnel.tools.publish import Batch, BatchMaker, PublishOptions, PublishSummary
+from adfunnel.tools.stats import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +312,7 @@ def publisher_problem(extra: Mapping[str, Any]) -> str | None:
     if missing:
         return (
             f"this adfunnel's PublishOptions has no field {', '.join(missing)}"
-            " (adfunnel/publish.py): --hot-users/--returning need it"
+            " (adfunnel/tools/publish.py): --hot-users/--returning need it"
         )
     try:
         BatchMaker(PublishOptions(**extra))

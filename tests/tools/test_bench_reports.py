@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from adfunnel import bench_reports
-from adfunnel.bench_reports import Timings, table
-from adfunnel.seed import SeedPlan, seed
-from adfunnel.stats import percentile
+from adfunnel.tools.bench import reports as bench_reports
+from adfunnel.tools.bench.reports import Timings, table
+from adfunnel.tools.seed import SeedPlan, seed
+from adfunnel.tools.stats import percentile
 
 
 def test_percentile_is_nearest_rank() -> None:

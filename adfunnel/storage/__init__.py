@@ -1,0 +1,133 @@
+"""PostgreSQL storage: every SQL statement of the project lives in this package.
+
+- `_database`: pools prepared for the project's sessions, waiting for a server, databases.
+- `_migrations`: the versioned schema (`migrations/NNNN_name.sql`), applied under a lock.
+- `_writes`: the write path, events as COPY lines and the rejected store.
+- `_filters`: report filters as conditions; a range cut into rollup buckets and raw edges.
+- `_events`: events and revenue reports, one event by id, the rejected store's summary.
+- `_demographics`: distinct users by their latest event in a range.
+- `_checks`: the derived tables against the raw rows.
+- `_reference`: the same answers straight from the raw rows, for the report benchmark.
+
+Callers use the names below: `from adfunnel import storage`, then `storage.insert_copy`.
+"""
+
+from typing import TYPE_CHECKING
+
+from adfunnel.storage._checks import demographic_mismatches, rollup_mismatches
+from adfunnel.storage._database import (
+    create_pool,
+    ensure_database,
+    prepared_database,
+    wait_for_database,
+)
+from adfunnel.storage._demographics import (
+    AGE_BUCKETS,
+    DEMOGRAPHIC_GRAINS,
+    FOLLOWER_BUCKETS,
+    Demographics,
+    FollowerStats,
+    demographic_counts,
+    demographics,
+    follower_stats,
+    median_ranks,
+)
+from adfunnel.storage._events import (
+    event_breakdown,
+    event_series,
+    fetch_event,
+    rejected_summary,
+    revenue_groups,
+    revenue_series,
+    stored_counts,
+)
+from adfunnel.storage._filters import (
+    GRAINS,
+    REVENUE_CONDITION,
+    EventFilters,
+    Segment,
+    plan_segments,
+    where_clause,
+)
+from adfunnel.storage._migrations import MIGRATION_LOCK_ID, migrate
+from adfunnel.storage._reference import (
+    naive_demographic_counts,
+    naive_event_breakdown,
+    naive_event_series,
+    naive_follower_stats,
+    naive_revenue_groups,
+    naive_revenue_series,
+)
+from adfunnel.storage._writes import (
+    COPY_COLUMNS,
+    EVENT_COLUMNS,
+    RejectedRow,
+    StagedEvent,
+    copy_event_id,
+    copy_payload_text,
+    copy_row,
+    copy_tail,
+    insert_copy,
+    insert_events,
+    insert_rejected,
+    is_copy_line,
+    with_stream_seq,
+    without_stream_seq,
+)
+
+if TYPE_CHECKING:
+    # A type for annotations only: a plain connection or one borrowed from a pool.
+    from adfunnel.storage._database import Conn as Conn
+
+__all__ = [
+    "AGE_BUCKETS",
+    "COPY_COLUMNS",
+    "DEMOGRAPHIC_GRAINS",
+    "EVENT_COLUMNS",
+    "FOLLOWER_BUCKETS",
+    "GRAINS",
+    "MIGRATION_LOCK_ID",
+    "REVENUE_CONDITION",
+    "Demographics",
+    "EventFilters",
+    "FollowerStats",
+    "RejectedRow",
+    "Segment",
+    "StagedEvent",
+    "copy_event_id",
+    "copy_payload_text",
+    "copy_row",
+    "copy_tail",
+    "create_pool",
+    "demographic_counts",
+    "demographic_mismatches",
+    "demographics",
+    "ensure_database",
+    "event_breakdown",
+    "event_series",
+    "fetch_event",
+    "follower_stats",
+    "insert_copy",
+    "insert_events",
+    "insert_rejected",
+    "is_copy_line",
+    "median_ranks",
+    "migrate",
+    "naive_demographic_counts",
+    "naive_event_breakdown",
+    "naive_event_series",
+    "naive_follower_stats",
+    "naive_revenue_groups",
+    "naive_revenue_series",
+    "plan_segments",
+    "prepared_database",
+    "rejected_summary",
+    "revenue_groups",
+    "revenue_series",
+    "rollup_mismatches",
+    "stored_counts",
+    "wait_for_database",
+    "where_clause",
+    "with_stream_seq",
+    "without_stream_seq",
+]

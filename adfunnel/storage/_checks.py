@@ -1,0 +1,119 @@
+"""Derived tables checked against the raw rows: none disagree unless something is broken."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from adfunnel.storage._demographics import DEMOGRAPHIC_COLUMNS, DEMOGRAPHIC_GRAINS, KEYS
+from adfunnel.storage._filters import GRAINS, REVENUE_CONDITION
+
+if TYPE_CHECKING:
+    from adfunnel.storage._database import Conn
+
+
+async def rollup_mismatches(conn: Conn) -> list[asyncpg.Record]:
+    """Rollup rows that disagree with the raw rows (none, unless something is broken)."""
+    mismatches: list[asyncpg.Record] = []
+    for grain in GRAINS:
+        mismatches += await conn.fetch(
+            "WITH raw AS (SELECT date_trunc($1, event_time AT TIME ZONE 'UTC')"
+            " AT TIME ZONE 'UTC' AS bucket, source, funnel_stage, event_type,"
+            " coalesce(campaign_id, '') AS campaign_id, count(*) AS events,"
+            f" coalesce(sum(purchase_amount) FILTER (WHERE {REVENUE_CONDITION}), 0) AS revenue,"
+            f" count(*) FILTER (WHERE {REVENUE_CONDITION}) AS transactions"
+            " FROM events GROUP BY 1, 2, 3, 4, 5),"
+            " rolled AS (SELECT bucket, source, funnel_stage, event_type, campaign_id,"
+            " sum(events), sum(revenue), sum(transactions)"
+            f" FROM event_rollup_{grain} GROUP BY 1, 2, 3, 4, 5 HAVING sum(events) <> 0"
+            " OR sum(revenue) <> 0 OR sum(transactions) <> 0)"
+            " SELECT $1 AS grain, * FROM ((TABLE raw EXCEPT TABLE rolled)"
+            " UNION ALL (TABLE rolled EXCEPT TABLE raw)) diff",
+            grain,
+        )
+    return mismatches
+
+
+async def demographic_mismatches(conn: Conn) -> dict[str, int]:
+    """Rows of the demographics tables that disagree with the raw rows, by table (none,
+    unless something is broken): rollups against the users with one event, and
+    `repeat_user_events` against every event of the users with more."""
+    columns = f"event_id, user_id, event_time, received_at, {DEMOGRAPHIC_COLUMNS}"
+    users = "SELECT source, user_id FROM events GROUP BY 1, 2 HAVING count(*)"
+    expected = {
+        "repeat_user_events": f"SELECT {columns} FROM events WHERE (source, user_id) IN"
+        f" ({users} > 1)",
+        "demographic_users": "SELECT source, user_id, count(*),"
+        " CASE WHEN count(*) = 1 THEN min(event_id) END FROM events GROUP BY 1, 2",
+    }
+    actual = {
+        "repeat_user_events": f"SELECT {columns} FROM repeat_user_events",
+        "demographic_users": "SELECT source, user_id, events,"
+        " CASE WHEN events = 1 THEN first_event_id END FROM demographic_users",
+    }
+    single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
+    # Each repeat user's latest event per track and hour, linked to their next hour.
+    hour = "date_trunc('hour', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    repeat = f"SELECT * FROM events WHERE (source, user_id) IN ({users} > 1)"
+    tracked = (
+        f"SELECT CASE source WHEN 'facebook' THEN 'f' ELSE 't' END AS track, {hour} AS hour,"
+        f" {columns} FROM ({repeat}) r UNION ALL SELECT 'p', {hour}, {columns} FROM ({repeat}) r"
+        " WHERE source = 'tiktok' AND funnel_stage = 'top'"
+    )
+    hours = (
+        "SELECT track, hour, coalesce(lead(hour) OVER (PARTITION BY track, user_id"
+        " ORDER BY hour), 'infinity') AS next_hour, event_id, user_id, event_time, received_at,"
+        f" {DEMOGRAPHIC_COLUMNS} FROM (SELECT DISTINCT ON (track, user_id, hour) *"
+        f" FROM ({tracked}) t ORDER BY track, user_id, hour, event_time DESC, received_at DESC,"
+        " event_id DESC) latest"
+    )
+    expected["repeat_user_hours"] = hours
+    actual["repeat_user_hours"] = (
+        "SELECT track, hour, next_hour, event_id, user_id, event_time, received_at,"
+        f" {DEMOGRAPHIC_COLUMNS} FROM repeat_user_hours"
+    )
+    expected["repeat_demographic_rollup"] = (
+        "SELECT hour, adfunnel_next_day(next_hour), source, k.dim, k.key1, k.key2, count(*)"
+        f" FROM ({hours}) h"
+        f" CROSS JOIN LATERAL {KEYS} WHERE track <> 't' GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    actual["repeat_demographic_rollup"] = (
+        "SELECT hour, next_day, source, dim, key1, key2, sum(users)"
+        " FROM repeat_demographic_rollup GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(users) <> 0"
+    )
+    expected["repeat_follower_rollup"] = (
+        "SELECT hour, adfunnel_next_day(next_hour), adfunnel_follower_bin(followers), count(*),"
+        f" coalesce(sum(followers), 0) FROM ({hours}) h WHERE track = 't' GROUP BY 1, 2, 3"
+    )
+    actual["repeat_follower_rollup"] = (
+        "SELECT hour, next_day, bin, sum(users), sum(followers) FROM repeat_follower_rollup"
+        " GROUP BY 1, 2, 3 HAVING sum(users) <> 0 OR sum(followers) <> 0"
+    )
+    for grain in DEMOGRAPHIC_GRAINS:
+        bucket = f"date_trunc('{grain}', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        expected[f"demographic_rollup_{grain}"] = (
+            f"SELECT {bucket}, source, k.dim, k.key1, k.key2, count(*)"
+            f" FROM {single} CROSS JOIN LATERAL {KEYS} GROUP BY 1, 2, 3, 4, 5"
+        )
+        actual[f"demographic_rollup_{grain}"] = (
+            "SELECT bucket, source, dim, key1, key2, sum(users)"
+            f" FROM demographic_rollup_{grain} GROUP BY 1, 2, 3, 4, 5 HAVING sum(users) <> 0"
+        )
+        expected[f"follower_rollup_{grain}"] = (
+            f"SELECT {bucket}, adfunnel_follower_bin(followers), count(*),"
+            f" coalesce(sum(followers), 0) FROM {single} WHERE source = 'tiktok' GROUP BY 1, 2"
+        )
+        actual[f"follower_rollup_{grain}"] = (
+            f"SELECT bucket, bin, sum(users), sum(followers) FROM follower_rollup_{grain}"
+            " GROUP BY 1, 2 HAVING sum(users) <> 0 OR sum(followers) <> 0"
+        )
+    mismatches = {}
+    for table, query in expected.items():
+        differing = await conn.fetchval(
+            f"SELECT count(*) FROM (({query} EXCEPT ALL {actual[table]})"
+            f" UNION ALL ({actual[table]} EXCEPT ALL {query})) diff"
+        )
+        if differing:
+            mismatches[table] = int(differing)
+    return mismatches

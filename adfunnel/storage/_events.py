@@ -1,0 +1,170 @@
+"""Events and revenue reports from rollups and raw edges; one event; the rejected store."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from adfunnel.storage._filters import (
+    GRAINS,
+    REVENUE_TYPES,
+    EventFilters,
+    Params,
+    filter_conditions,
+    grains_for,
+    plan_segments,
+    segment_condition,
+    where_clause,
+)
+
+if TYPE_CHECKING:
+    from adfunnel.storage._database import Conn
+
+
+async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
+    """The stored event with its trace columns, or None."""
+    return await conn.fetchrow(
+        "SELECT payload, correlation_id, received_at, stored_at FROM events WHERE event_id = $1",
+        event_id,
+    )
+
+
+def _union(
+    filters: EventFilters,
+    params: Params,
+    *,
+    interval: str | None,
+    rollup_columns: str,
+    raw_columns: str,
+    extra: str | None = None,
+) -> str:
+    """Rollup rows for whole buckets and raw rows for the edges, as one UNION ALL."""
+    plan = plan_segments(filters.start, filters.end, grains_for(interval))
+    parts = []
+    for grain, segments in plan.items():
+        if not segments:
+            continue
+        rollup = grain != "raw"
+        conditions = [
+            segment_condition("bucket" if rollup else "event_time", segments, params),
+            *filter_conditions(filters, params),
+        ]
+        if extra:
+            conditions.append(extra)
+        table = f"event_rollup_{grain}" if rollup else "events"
+        columns = rollup_columns if rollup else raw_columns
+        parts.append(f"SELECT {columns} FROM {table} WHERE {' AND '.join(conditions)}")
+    return " UNION ALL ".join(parts)
+
+
+async def event_breakdown(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """Counts per (source, funnel stage, event type) under the filters."""
+    params = Params()
+    union = _union(
+        filters,
+        params,
+        interval=None,
+        rollup_columns="source, funnel_stage, event_type, events AS n",
+        raw_columns="source, funnel_stage, event_type, 1 AS n",
+    )
+    return await conn.fetch(
+        "SELECT source, funnel_stage, event_type, sum(n)::bigint AS count"
+        f" FROM ({union}) x GROUP BY 1, 2, 3 HAVING sum(n) > 0 ORDER BY count DESC, 1, 2, 3",
+        *params.values,
+    )
+
+
+def bucket_of(interval: str, column: str) -> str:
+    if interval not in GRAINS:
+        raise ValueError(f"unknown interval {interval!r}")
+    return f"date_trunc('{interval}', {column} AT TIME ZONE 'UTC') AS b"
+
+
+async def event_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
+    """Counts per UTC time bucket (`minute`, `hour` or `day`), empty buckets omitted."""
+    params = Params()
+    union = _union(
+        filters,
+        params,
+        interval=interval,
+        rollup_columns=f"{bucket_of(interval, 'bucket')}, events AS n",
+        raw_columns=f"{bucket_of(interval, 'event_time')}, 1 AS n",
+    )
+    return await conn.fetch(
+        f"SELECT b AS bucket, sum(n)::bigint AS count FROM ({union}) x"
+        " GROUP BY 1 HAVING sum(n) > 0 ORDER BY 1",
+        *params.values,
+    )
+
+
+async def revenue_groups(conn: Conn, filters: EventFilters) -> list[asyncpg.Record]:
+    """Exact revenue and transactions per (source, campaign) under the filters."""
+    params = Params()
+    union = _union(
+        filters,
+        params,
+        interval=None,
+        rollup_columns="source, NULLIF(campaign_id, '') AS campaign_id, revenue, transactions",
+        raw_columns="source, campaign_id, purchase_amount AS revenue, 1 AS transactions",
+        extra=REVENUE_TYPES,
+    )
+    return await conn.fetch(
+        "SELECT source, campaign_id, sum(revenue) AS revenue,"
+        " sum(transactions)::bigint AS transactions"
+        f" FROM ({union}) x WHERE revenue IS NOT NULL"
+        " GROUP BY 1, 2 HAVING sum(transactions) > 0",
+        *params.values,
+    )
+
+
+async def revenue_series(conn: Conn, filters: EventFilters, interval: str) -> list[asyncpg.Record]:
+    """Revenue and transactions per UTC time bucket, empty buckets omitted."""
+    params = Params()
+    union = _union(
+        filters,
+        params,
+        interval=interval,
+        rollup_columns=f"{bucket_of(interval, 'bucket')}, revenue, transactions",
+        raw_columns=f"{bucket_of(interval, 'event_time')}, purchase_amount AS revenue,"
+        " 1 AS transactions",
+        extra=REVENUE_TYPES,
+    )
+    return await conn.fetch(
+        "SELECT b AS bucket, sum(revenue) AS revenue, sum(transactions)::bigint AS transactions"
+        f" FROM ({union}) x WHERE revenue IS NOT NULL GROUP BY 1 HAVING sum(transactions) > 0"
+        " ORDER BY 1",
+        *params.values,
+    )
+
+
+async def rejected_summary(
+    conn: Conn, filters: EventFilters, *, reasons: int, samples: int
+) -> tuple[int, list[asyncpg.Record], list[asyncpg.Record]]:
+    """Total, counts by reason (most frequent first) and the newest samples, by receipt time."""
+    where, params = where_clause(
+        EventFilters(filters.start, filters.end), time_column="received_at"
+    )
+    total = await conn.fetchval(f"SELECT count(*) FROM rejected_events{where}", *params)
+    by_reason = await conn.fetch(
+        f"SELECT reason, count(*) AS count FROM rejected_events{where}"
+        f" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(reasons)}",
+        *params,
+    )
+    newest = await conn.fetch(
+        "SELECT received_at, reason, correlation_id,"
+        " coalesce(payload, to_jsonb(raw)) AS payload"
+        f" FROM rejected_events{where} ORDER BY received_at DESC, id DESC LIMIT {int(samples)}",
+        *params,
+    )
+    return int(total), list(by_reason), list(newest)
+
+
+async def stored_counts(conn: Conn) -> tuple[int, int]:
+    """How many events and rejected events are stored."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM events) AS events,"
+        " (SELECT count(*) FROM rejected_events) AS rejected"
+    )
+    assert row is not None
+    return int(row["events"]), int(row["rejected"])

@@ -1,0 +1,275 @@
+"""The write path: events as COPY lines, one transaction per batch, and rejected rows.
+
+Writes go through a per-connection temporary staging table: COPY is the fastest way in, and
+`INSERT … SELECT DISTINCT ON … ON CONFLICT` then keeps one row per eventId: the earliest
+received copy, inside the batch and against what is already stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from adfunnel.schema import EventRow
+
+if TYPE_CHECKING:
+    from adfunnel.storage._database import Conn
+
+EVENT_COLUMNS = EventRow._fields
+# What a writer COPYs per event: the typed columns, the payload, the delivery metadata. The
+# gateway encodes everything but `stream_seq`, which only JetStream knows; `seq` (the order
+# of the rows in the COPY) is filled by the staging table itself.
+COPY_COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS events_staging (
+    event_id text COLLATE "C", event_time timestamptz, source text, funnel_stage text,
+    event_type text, user_id text, purchase_amount numeric, campaign_id text, ad_id text,
+    age integer, gender text, country text, city text, followers bigint, device text,
+    action_time timestamptz, payload text, correlation_id text, received_at timestamptz,
+    stream_seq bigint, seq bigint GENERATED ALWAYS AS IDENTITY
+) ON COMMIT DELETE ROWS
+"""
+_DEADLOCK_RETRIES = 5
+# The earliest received copy of an eventId wins, whatever order parallel writers commit in:
+# a copy received later never replaces it, an earlier one that commits late does. Ordinary
+# re-sends arrive later and change nothing. One statement, in eventId order, so a writer
+# takes every event row it needs before its triggers take user and rollup rows: writers
+# then always lock in the same order and never deadlock. `xmax = 0` tells a new row from a
+# replaced one.
+_STORED_LIST = ", ".join(COPY_COLUMNS)
+_UPSERT_STAGED = f"""
+WITH written AS (
+    INSERT INTO events AS e ({_STORED_LIST})
+    SELECT DISTINCT ON (event_id)
+        {", ".join(c if c != "payload" else "payload::json" for c in COPY_COLUMNS)}
+    FROM events_staging
+    ORDER BY event_id, received_at, stream_seq, seq
+    ON CONFLICT (event_id) DO UPDATE
+    SET ({_STORED_LIST}, stored_at) = ({", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)},
+        clock_timestamp())
+    WHERE (e.received_at, e.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
+    RETURNING e.xmax = 0 AS new
+)
+SELECT count(*) FILTER (WHERE new) FROM written
+"""
+_REJECTED_COLUMNS = (
+    "dedup_key",
+    "event_id",
+    "source",
+    "reason",
+    "batch_index",
+    "payload",
+    "raw",
+    "correlation_id",
+    "received_at",
+)
+_INSERT_REJECTED = f"""
+INSERT INTO rejected_events ({", ".join(_REJECTED_COLUMNS)})
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[], $7::text[],
+    $8::text[], $9::timestamptz[]
+)
+ON CONFLICT (dedup_key) DO NOTHING
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedEvent:
+    """An accepted event ready to write: typed columns plus delivery metadata."""
+
+    row: EventRow
+    payload: str
+    correlation_id: str | None
+    received_at: datetime
+    stream_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """One row of the rejected store; `dedup_key` makes redelivered rejections idempotent."""
+
+    dedup_key: str
+    event_id: str | None
+    source: str | None
+    reason: str
+    batch_index: int | None
+    payload: str | None
+    raw: str | None
+    correlation_id: str | None
+    received_at: datetime
+
+
+# NULL is the empty string in the writers' COPY: no column of an event may be empty (every
+# text field has a minimum length of 1), and an empty field costs no escaping.
+_NULL = ""
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_FIELDS = len(COPY_COLUMNS) - 4  # the typed columns, before the payload
+
+
+def _copy_text(value: str | None) -> str:
+    if value is None:
+        return _NULL
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def _copy_payload(payload: bytes) -> bytes:
+    # JSON text escapes its own control characters, so only a backslash and the whitespace
+    # a sender may put between tokens need COPY's escapes.
+    payload = payload.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
+    return payload.replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+
+
+def copy_tail(correlation_id: str | None, received_at: datetime) -> bytes:
+    """The columns after the payload that every event of one request shares."""
+    return f"\t{_copy_text(correlation_id)}\t{received_at.isoformat()}".encode()
+
+
+# Events of one request mostly share their timestamp (the publisher stamps them "now"), and
+# validation hands consecutive equal ones over as one object: remembering the last one saves
+# `isoformat` of an aware datetime, which costs more than the rest of a row.
+_last_iso: tuple[datetime | None, str] = (None, "")
+
+
+def _iso(moment: datetime) -> str:
+    global _last_iso
+    last = _last_iso
+    if last[0] is moment:
+        return last[1]
+    text = moment.isoformat()
+    _last_iso = (moment, text)
+    return text
+
+
+def _typed_fields(row: EventRow) -> tuple[str, ...]:
+    (eid, time, source, stage, kind, user, amount, campaign, ad, age, gender) = row[:11]
+    (country, city, followers, device, action_time) = row[11:]
+    return (
+        eid,
+        _iso(time),
+        source,
+        stage,
+        kind,
+        user,
+        "" if amount is None else str(amount),
+        campaign or "",
+        ad or "",
+        "" if age is None else str(age),
+        gender or "",
+        country or "",
+        city or "",
+        "" if followers is None else str(followers),
+        device or "",
+        "" if action_time is None else action_time.isoformat(),
+    )
+
+
+_TEXT_SPECIAL = re.compile(r"[\\\n\r]")
+_PAYLOAD_SPECIAL = re.compile(rb"[\\\n\r\t]")
+
+
+def copy_row(row: EventRow, payload: bytes, tail: bytes) -> bytes:
+    """One event as a line of COPY text (what the writers load), without its `stream_seq`:
+    `with_stream_seq` appends that once JetStream has numbered the message."""
+    text = "\t".join(_typed_fields(row))
+    # Nearly every value is plain text: one scan and a count of the tabs tell whether any
+    # value holds a tab, a line end or a backslash, and only then is each one escaped.
+    if text.count("\t") != _COPY_FIELDS - 1 or _TEXT_SPECIAL.search(text):
+        text = "\t".join(map(_copy_text, _typed_fields(row)))
+    if _PAYLOAD_SPECIAL.search(payload):
+        payload = _copy_payload(payload)
+    return b"".join((text.encode(), b"\t", payload, tail, b"\n"))
+
+
+def with_stream_seq(lines: bytes, stream_seq: int | None) -> bytes:
+    """Lines of `copy_row` with their message's stream sequence as the last column."""
+    return lines.replace(b"\n", f"\t{_NULL if stream_seq is None else stream_seq}\n".encode())
+
+
+_COPY_UNESCAPE = re.compile(r"\\(.)")
+_COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def _copy_field(line: bytes, index: int) -> str:
+    fields = line.rstrip(b"\n").split(b"\t")
+    text = fields[index].decode("utf-8", errors="replace") if index < len(fields) else ""
+    return _COPY_UNESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m[1], m[1]), text)
+
+
+def without_stream_seq(line: bytes) -> bytes:
+    """A line as the gateway encoded it: `with_stream_seq` undone, line end dropped."""
+    return line.rstrip(b"\n").rpartition(b"\t")[0]
+
+
+def is_copy_line(line: bytes) -> bool:
+    """Whether `line` has the columns of a `copy_row` line (without `stream_seq`)."""
+    return line.rstrip(b"\n").count(b"\t") == len(COPY_COLUMNS) - 2
+
+
+def copy_event_id(line: bytes) -> str:
+    """The eventId of one COPY line (for the rejected store when a line is refused)."""
+    return _copy_field(line, 0)
+
+
+def copy_payload_text(line: bytes) -> str:
+    """The event JSON of one COPY line, as it will be kept when PostgreSQL refuses the line
+    (a line that is not one is kept whole)."""
+    if not is_copy_line(line):
+        return line.rstrip(b"\n").decode("utf-8", errors="replace")
+    return _copy_field(line, COPY_COLUMNS.index("payload"))
+
+
+async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
+    """Store a batch in the caller's transaction; returns how many eventIds were new."""
+    lines = [
+        with_stream_seq(
+            copy_row(e.row, e.payload.encode(), copy_tail(e.correlation_id, e.received_at)),
+            e.stream_seq,
+        )
+        for e in events
+    ]
+    return await insert_copy(conn, lines)
+
+
+async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
+    """Store COPY lines (`copy_row` + `with_stream_seq`) in the caller's transaction; returns
+    how many eventIds were new."""
+    if not conn.is_in_transaction():
+        # The staging table empties at commit: outside a transaction nothing would be stored.
+        raise RuntimeError("storing events needs the caller's transaction")
+    if not any(chunks):
+        return 0
+    await conn.execute(_STAGING_DDL)
+
+    async def source() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    await conn.copy_to_table(
+        "events_staging", source=source(), columns=COPY_COLUMNS, format="text", null=_NULL
+    )
+    # Two writers sharing repeat users can still lock a user's state rows in opposite
+    # orders (a replacement removes, then adds). PostgreSQL breaks the cycle by failing one
+    # statement; going back to before it and running it again lets the other finish first.
+    for attempt in range(_DEADLOCK_RETRIES):
+        try:
+            async with conn.transaction():  # a savepoint inside the caller's transaction
+                return int(await conn.fetchval(_UPSERT_STAGED))
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _DEADLOCK_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def insert_rejected(conn: Conn, rows: Sequence[RejectedRow]) -> int:
+    """Store rejected events; a redelivered rejection is not stored twice."""
+    if not rows:
+        return 0
+    columns = [[getattr(row, name) for row in rows] for name in _REJECTED_COLUMNS]
+    status = await conn.execute(_INSERT_REJECTED, *columns)
+    return int(status.rsplit(" ", 1)[1])
