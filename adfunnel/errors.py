@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class AdfunnelError(Exception):
     """Base of every adfunnel error."""
@@ -28,6 +30,8 @@ class RequestError(AdfunnelError):
 
     status_code = 400
     code = "bad_request"
+    # Response headers the answer must carry (e.g. WWW-Authenticate on a 401).
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, message: str, details: list[object] | None = None) -> None:
         super().__init__(message)
@@ -53,6 +57,16 @@ class BadSignature(RequestError):
 
     status_code = 401
     code = "bad_signature"
+
+
+class Unauthorized(RequestError):
+    """A report asked for without a valid API key while keys are configured."""
+
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str] | None] = {
+        "WWW-Authenticate": 'Bearer realm="adfunnel reports"'
+    }
 
 
 class InvalidParameter(RequestError):

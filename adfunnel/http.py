@@ -102,7 +102,7 @@ def install(app: FastAPI, name: str) -> None:
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> Response:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details)
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> Response:

@@ -2,17 +2,19 @@
 
 import asyncio
 import contextlib
+import hmac
 from datetime import UTC
 from typing import Annotated, Any, Literal
 
 import asyncpg
 import orjson
 import structlog
-from fastapi import FastAPI, Query, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
 from adfunnel import http, logs, metrics, reports, storage
-from adfunnel.errors import NotFound, NotReady
+from adfunnel.errors import NotFound, NotReady, Unauthorized
 from adfunnel.settings import Settings
 
 log = structlog.get_logger(component="reporter")
@@ -23,6 +25,44 @@ api = FastAPI(
     version="0.1.0",
 )
 http.install(api, "reporter")
+
+# `auto_error=False`: a missing or malformed header is answered in the SPEC's error shape
+# below, not FastAPI's. The scheme also puts the bearer requirement into the OpenAPI document.
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="One of REPORTS_API_KEYS; needed by every report when keys are set",
+)
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Let the request through when no keys are configured or it carries one of them."""
+    keys: tuple[bytes, ...] = request.app.state.api_keys
+    if not keys:
+        return
+    if credentials is None:
+        raise Unauthorized("this report needs an API key: Authorization: Bearer <key>")
+    given = credentials.credentials.encode()
+    # Every key is compared, in constant time each: neither the answer nor its timing says
+    # which key, or how much of one, matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    if not matched:
+        raise Unauthorized("the API key is not one of REPORTS_API_KEYS")
+
+
+_LOCKED = [Depends(require_api_key)]
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": http.ErrorBody},
+    401: {"model": http.ErrorBody},
+}
+_MISSING: dict[int | str, dict[str, Any]] = {
+    401: {"model": http.ErrorBody},
+    404: {"model": http.ErrorBody},
+}
 
 SourceParam = Annotated[
     Literal["facebook", "tiktok"] | None, Query(description="Only this platform's events")
@@ -63,6 +103,12 @@ class Reporter:
         metrics.configure(settings.nats_stream)
         self.settings = settings
         self.ingest_app = ingest_app
+        api.state.api_keys = settings.api_keys()
+        if not api.state.api_keys:
+            log.warning(
+                "reports are open to anyone who reaches the port: set REPORTS_API_KEYS",
+                hint="reports carry personal data (names, ages, cities)",
+            )
         self._pool: asyncpg.Pool | None = None
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
@@ -85,7 +131,7 @@ class Reporter:
             raise NotReady("the reporter is still connecting to PostgreSQL")
         return self._pool
 
-    @api.get("/events/{event_id:path}", responses={404: {"model": http.ErrorBody}})
+    @api.get("/events/{event_id:path}", dependencies=_LOCKED, responses=_MISSING)
     async def event(self, event_id: str) -> Response:
         """One stored event with its trace: correlation id, received and stored times."""
         with metrics.report("event"):
@@ -110,7 +156,7 @@ class Reporter:
         )
         return Response(body, media_type="application/json")
 
-    @api.get("/events", responses={400: {"model": http.ErrorBody}})
+    @api.get("/events", dependencies=_LOCKED, responses=_REFUSED)
     async def events(
         self,
         start: FromParam = None,
@@ -147,7 +193,7 @@ class Reporter:
             ]
         return http.json_response(answer)
 
-    @api.get("/revenue", responses={400: {"model": http.ErrorBody}})
+    @api.get("/revenue", dependencies=_LOCKED, responses=_REFUSED)
     async def revenue(
         self,
         start: FromParam = None,
@@ -165,7 +211,7 @@ class Reporter:
                 series = await storage.revenue_series(conn, filters, bucket) if bucket else None
         return http.json_response(reports.revenue_answer(filters, groups, series, bucket))
 
-    @api.get("/demographics", responses={400: {"model": http.ErrorBody}})
+    @api.get("/demographics", dependencies=_LOCKED, responses=_REFUSED)
     async def demographics(
         self, start: FromParam = None, end: ToParam = None, source: SourceParam = None
     ) -> Response:
@@ -184,7 +230,7 @@ class Reporter:
             )
         return http.json_response(answer)
 
-    @api.get("/rejected", responses={400: {"model": http.ErrorBody}})
+    @api.get("/rejected", dependencies=_LOCKED, responses=_REFUSED)
     async def rejected(
         self,
         start: Annotated[

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     nats_stream: str = Field("EVENTS", pattern=r"^[A-Za-z0-9_-]+$")
     nats_subject_prefix: str = Field("events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     webhook_secret: SecretStr | None = Field(None, description="Turns the HMAC check on")
+    # Comma-separated: several keys let one be rotated out while the others keep working.
+    reports_api_keys: SecretStr | None = Field(
+        None, description="Bearer keys for /reports (health excepted); unset: open"
+    )
     max_body_bytes: int = Field(64 * MIB, gt=0)
     max_batch_events: int = Field(50_000, gt=0)
     # One bus message carries many events: one message per event cannot reach the
@@ -49,6 +53,13 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(60.0, gt=0, description="Longer than the slowest batch write")
     writer_connections: int = Field(2, gt=0)
     log_level: str = "INFO"
+
+    def api_keys(self) -> tuple[bytes, ...]:
+        """The reporter's bearer keys (empty: reports are open)."""
+        if self.reports_api_keys is None:
+            return ()
+        keys = self.reports_api_keys.get_secret_value().split(",")
+        return tuple(key.strip().encode() for key in keys if key.strip())
 
     def durable_name(self, lane: str) -> str:
         """The durable consumer a lane's consumer actors share."""

@@ -240,3 +240,5 @@ def test_the_k8s_config_map_is_the_production_profile_on_a_jetstream_cluster() -
     assert nats["config"]["cluster"]["replicas"] == 3 and nats["config"]["jetstream"]["enabled"]
     secret = _yaml(K8S / "secret.example.yaml")
     assert secret["metadata"]["name"] == "adfunnel-secrets"
+    # The secrets the pods need, reports' keys included (SPEC §4: production sets them).
+    assert {"PGPASSWORD", "WEBHOOK_SECRET", "REPORTS_API_KEYS"} <= secret["stringData"].keys()
