@@ -6,7 +6,7 @@ counters: one scrape target per node covers the gateway, collectors, writers and
 Metrics are created on first use, in the process that records them, so importing this
 module needs no running Ray.
 
-What the counters mean (the README's Observability section has the table):
+What the counters mean (docs/operations.md, Observability, has the table):
 - `gateway_events_accepted{source}`: events answered as accepted in a `202` (duplicates
   included, as in the answer);
 - `gateway_events_failed{source,reason}`: events the gateway rejected, by field;
