@@ -16,6 +16,7 @@ import pytest
 
 from adfunnel import cli
 from adfunnel.testing import fetch_rows
+from adfunnel.tools import cli as tools_cli
 from adfunnel.tools.seed import SeedPlan, SeedResult, _batch, seed
 
 END = datetime(2026, 11, 27, tzinfo=UTC)
@@ -85,8 +86,8 @@ def test_the_seed_flags_reach_the_plan(
     def no_database(explicit: str | None) -> Iterator[str]:
         yield "postgresql://unused"
 
-    monkeypatch.setattr(cli, "seed", fake_seed)
-    monkeypatch.setattr(cli, "_database", no_database)
+    monkeypatch.setattr(tools_cli, "seed", fake_seed)
+    monkeypatch.setattr(tools_cli.embedded, "database", no_database)
     argv = ["seed", "--events", "10", "--returning", "0.3", "--hot-users", "600"]
     assert cli.main(argv) == 0
     assert cli.main([*argv, "--hot-share", "0.25"]) == 0
