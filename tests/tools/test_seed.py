@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from adfunnel import cli
+from adfunnel import cli, embedded
 from adfunnel.testing import fetch_rows
 from adfunnel.tools import cli as tools_cli
 from adfunnel.tools.seed import SeedPlan, SeedResult, _batch, seed
@@ -87,7 +87,7 @@ def test_the_seed_flags_reach_the_plan(
         yield "postgresql://unused"
 
     monkeypatch.setattr(tools_cli, "seed", fake_seed)
-    monkeypatch.setattr(tools_cli.embedded, "database", no_database)
+    monkeypatch.setattr(embedded, "database", no_database)
     argv = ["seed", "--events", "10", "--returning", "0.3", "--hot-users", "600"]
     assert cli.main(argv) == 0
     assert cli.main([*argv, "--hot-share", "0.25"]) == 0
