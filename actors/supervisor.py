@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,8 @@ log = structlog.get_logger(component="supervisor")
 
 ACTOR_NAMESPACE = "adfunnel"
 WRITER_CPUS = 0.2
+RETENTION_PERIOD_S = 3600.0
+RETENTION_RETRY_S = 60.0
 CONSUMER_CPUS = 0.1
 
 
@@ -62,6 +65,7 @@ class Supervisor:
         self.settings = settings
         self._servers: list[embedded.EmbeddedServer] = []
         self._stopped = False
+        self._retention: asyncio.Task[None] | None = None
         data_dir = settings.data_dir  # resolved by the application builder
         nats_url, database_url = settings.nats_url, settings.database_url
         if nats_url is None:
@@ -116,6 +120,10 @@ class Supervisor:
                     .remote(settings, nats_url, lane, self.writers, i)
                 )
         await asyncio.gather(*(c.start.remote() for c in self.consumers))
+        if settings.retention_days is not None:
+            self._retention = asyncio.get_running_loop().create_task(
+                self._expire_hourly(database_url)
+            )
         log.info(
             "supervisor ready",
             embedded=[s.url for s in self._servers],
@@ -123,6 +131,29 @@ class Supervisor:
             writers=len(self.writers),
             consumers=len(self.consumers),
         )
+
+    async def _expire_hourly(self, database_url: str) -> None:
+        """Retention (SPEC §10): now, then every hour; a failed run is tried again sooner."""
+        while True:
+            delay = RETENTION_PERIOD_S
+            try:
+                conn = await asyncpg.connect(database_url)
+                try:
+                    cutoff = self.settings.retention_cutoff(datetime.now(UTC))
+                    assert cutoff is not None
+                    expired = await storage.expire(conn, cutoff)
+                finally:
+                    await conn.close()
+                log.info(
+                    "retention",
+                    removed_before=expired.before.isoformat(),
+                    events=expired.events,
+                    rejected=expired.rejected,
+                )
+            except Exception as error:  # noqa: BLE001  # PostgreSQL away: try again soon
+                log.warning("retention failed", error=repr(error)[:300])
+                delay = RETENTION_RETRY_S
+            await asyncio.sleep(delay)
 
     async def endpoints(self) -> Endpoints:
         """The bus and database URLs the other deployments connect to."""
@@ -168,6 +199,8 @@ class Supervisor:
         if self._stopped:
             return
         self._stopped = True
+        if self._retention is not None:
+            self._retention.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 asyncio.gather(*(c.drain.remote() for c in self.consumers)), timeout=45

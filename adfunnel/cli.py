@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import asyncpg
+import httpx
 
-from adfunnel import embedded, storage
+from adfunnel import embedded, replay, reports, storage
+from adfunnel.errors import ReplayRefused, RequestError
 from adfunnel.settings import Settings
 from adfunnel.tools import cli as tools_cli
 
@@ -36,6 +40,98 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     applied = asyncio.run(_migrate(settings.database_url))
     print(f"applied migrations: {applied or 'none (up to date)'}")
     return 0
+
+
+async def _expire(database_url: str, cutoff: datetime, dry_run: bool) -> storage.Expired:
+    await storage.wait_for_database(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await storage.expire(conn, cutoff, dry_run=dry_run)
+    finally:
+        await conn.close()
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Remove raw events and rejected rows past RETENTION_DAYS once (the rollups stay)."""
+    settings = Settings()
+    cutoff = settings.retention_cutoff(datetime.now(UTC))
+    if cutoff is None:
+        print("RETENTION_DAYS is not set: every event is kept", file=sys.stderr)
+        return 2
+    with embedded.database(args.database_url) as database_url:
+        expired = asyncio.run(_expire(database_url, cutoff, args.dry_run))
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {expired.events:,} events (event time before {expired.before.isoformat()})"
+        f" and {expired.rejected:,} rejected rows (received before it)"
+    )
+    return 0
+
+
+def _running_database(endpoint: str) -> str | None:
+    """The embedded PostgreSQL of the system behind `endpoint`, from its readiness answer
+    (with the embedded default the database is the system's own, on a free port)."""
+    url = httpx.URL(endpoint).copy_with(path="/health/ready", query=None)
+    try:
+        components = httpx.get(url, timeout=10).json().get("components", {})
+    except (httpx.HTTPError, ValueError):
+        return None
+    for name in components:
+        if name.startswith("embedded:postgresql://"):
+            server = name.removeprefix("embedded:")
+            return f"{server.rsplit('/', 1)[0]}/{embedded.DATABASE}"
+    return None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send rejected events through the gateway again, edited; each row records the outcome."""
+    settings = Settings()
+    endpoint = args.endpoint or os.environ.get("EVENT_ENDPOINT") or replay.DEFAULT_ENDPOINT
+    database_url = args.database_url or settings.database_url or _running_database(endpoint)
+    if database_url is None:
+        print(
+            "adfunnel replay: no database: give --database-url or DATABASE_URL (or run the"
+            f" system with its embedded PostgreSQL behind {endpoint})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        edits = tuple(
+            [replay.parse_set(text) for text in args.set]
+            + [replay.parse_unset(text) for text in args.unset]
+        )
+        selection = storage.ReplaySelection(
+            start=reports.parse_bound("from", args.start),
+            end=reports.parse_bound("to", args.end),
+            source=args.source,
+            reason=args.reason,
+            again=args.again,
+        )
+    except (ValueError, RequestError) as error:
+        print(f"adfunnel replay: {error}", file=sys.stderr)
+        return 2
+    options = replay.ReplayOptions(
+        database_url=database_url,
+        endpoint=endpoint,
+        selection=selection,
+        edits=edits,
+        limit=args.limit,
+        batch=args.batch,
+        dry_run=args.dry_run,
+        secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        oldest=settings.retention_cutoff(datetime.now(UTC)),
+    )
+
+    def progress(summary: replay.ReplaySummary, total: int) -> None:
+        print(f"  {summary.selected:,} of {total:,} rows", file=sys.stderr, flush=True)
+
+    try:
+        summary = asyncio.run(replay.replay(options, on_progress=progress))
+    except ReplayRefused as error:
+        print(f"adfunnel replay: {error}", file=sys.stderr)
+        return 1
+    print(replay.summary_text(summary, dry_run=args.dry_run))
+    return 0 if not summary.errors else 1
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
@@ -76,6 +172,36 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help=cmd_migrate.__doc__).set_defaults(run=cmd_migrate)
     commands.add_parser("servers", help=cmd_servers.__doc__).set_defaults(run=cmd_servers)
+    retention = commands.add_parser("retention", help=cmd_retention.__doc__)
+    retention.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    retention.add_argument("--database-url", help="default: DATABASE_URL, else the embedded one")
+    retention.set_defaults(run=cmd_retention)
+    replaying = commands.add_parser("replay", help=cmd_replay.__doc__)
+    replaying.add_argument("--database-url", help="default: DATABASE_URL, else the system's own")
+    replaying.add_argument(
+        "--endpoint", help=f"default: $EVENT_ENDPOINT, else {replay.DEFAULT_ENDPOINT}"
+    )
+    replaying.add_argument("--from", dest="start", metavar="ISO", help="received at or after")
+    replaying.add_argument("--to", dest="end", metavar="ISO", help="received before")
+    replaying.add_argument("--source", choices=["facebook", "tiktok"])
+    replaying.add_argument("--reason", metavar="TEXT", help="rows whose reason contains TEXT")
+    replaying.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=JSON",
+        help="""e.g. data.user.gender='"female"'""",
+    )
+    replaying.add_argument("--unset", action="append", default=[], metavar="PATH")
+    replaying.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    replaying.add_argument("--batch", type=int, default=1_000, help="events per POST")
+    replaying.add_argument(
+        "--again", action="store_true", help="also rows an earlier replay stored (duplicates now)"
+    )
+    replaying.add_argument(
+        "--dry-run", action="store_true", help="validate the edited events here; send nothing"
+    )
+    replaying.set_defaults(run=cmd_replay)
     tools_cli.add_commands(commands)
     run = commands.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("config", nargs="?", default="config.yaml")

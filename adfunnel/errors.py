@@ -25,6 +25,10 @@ class EmbeddedServerError(AdfunnelError):
     """An embedded NATS or PostgreSQL server failed to start or died."""
 
 
+class ReplayRefused(AdfunnelError):
+    """The gateway refused a replay batch for good (a 4xx: a wrong signature, a body too big)."""
+
+
 class RequestError(AdfunnelError):
     """A client request that is answered with a 4xx."""
 

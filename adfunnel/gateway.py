@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from adfunnel import bus, http, logs, metrics
 from adfunnel.errors import BusUnavailable, PayloadTooLarge
 from adfunnel.ingest import (
+    REPLAY_HEADER,
     SIGNATURE_HEADER,
     Triage,
     error_entries,
@@ -210,7 +211,10 @@ class Gateway:
         if secret is not None:
             verify_signature(secret.get_secret_value(), body, request.headers.get(SIGNATURE_HEADER))
         # CPU-bound for big batches: off the event loop, so acks of other requests flow.
-        items, sorted_out, chunks = await asyncio.to_thread(self._prepare, body, cid, received_at)
+        keep_rejected = REPLAY_HEADER not in request.headers
+        items, sorted_out, chunks = await asyncio.to_thread(
+            self._prepare, body, cid, received_at, keep_rejected
+        )
         if self._nc is None or self._js is None:
             return self._unavailable("the gateway is still connecting to NATS")
         try:
@@ -241,14 +245,18 @@ class Gateway:
         )
 
     def _prepare(
-        self, body: bytes, cid: str, received_at: datetime
+        self, body: bytes, cid: str, received_at: datetime, keep_rejected: bool
     ) -> tuple[list[Any], Triage, list[bus.Chunk]]:
         items = parse_body(body, self.settings.max_batch_events)
-        sorted_out = triage(items, check_storable=may_be_unstorable(body))
+        sorted_out = triage(
+            items,
+            check_storable=may_be_unstorable(body),
+            oldest=self.settings.retention_cutoff(received_at),
+        )
         chunks = bus.encode_batch(
             self.settings,
             sorted_out.accepted,
-            sorted_out.rejected,
+            sorted_out.rejected if keep_rejected else [],
             correlation_id=cid,
             received_at=received_at,
         )

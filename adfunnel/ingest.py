@@ -17,6 +17,7 @@ import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -33,6 +34,9 @@ from adfunnel.schema import (
 )
 
 SIGNATURE_HEADER = "x-signature"
+# Sent by `adfunnel replay`: the events come from the rejected store already, so the
+# request's rejections are recorded on the rows replayed, not stored a second time.
+REPLAY_HEADER = "x-adfunnel-replay"
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> None:
@@ -193,14 +197,28 @@ def _storable(result: Accepted | Rejected, item: Any) -> Accepted | Rejected:
     return result
 
 
-def triage(items: list[Any], *, check_storable: bool = True) -> Triage:
+def too_old(result: Accepted, item: Any, oldest: datetime) -> Rejected:
+    """The rejection of an event older than the retention window (SPEC §10)."""
+    payload = decode_json(item) if isinstance(item, bytes) else item
+    reason = (
+        f"timestamp: {result.row.event_time.isoformat()} is older than the retention window"
+        f" (events before {oldest.isoformat()} are not kept)"
+    )
+    return Rejected(result.event_id, reason, payload)
+
+
+def triage(
+    items: list[Any], *, check_storable: bool = True, oldest: datetime | None = None
+) -> Triage:
     """Validate every event; the first copy of an eventId in the request wins.
 
     An item is one event's JSON bytes or its decoded value, as `parse_body` returns them.
     PostgreSQL cannot store NUL or a lone surrogate in text or jsonb, so an event carrying
     one anywhere (extra fields included) is rejected here rather than promised and then
     refused by the writer. Callers that know the body has no such escape
-    (`may_be_unstorable`) pass `check_storable=False` to skip the check.
+    (`may_be_unstorable`) pass `check_storable=False` to skip the check. With `oldest`, an
+    event whose timestamp is before it is rejected: past the retention window it would be
+    removed at once, and, stored after its earlier copy expired, counted a second time.
     """
     out = Triage()
     seen: set[str] = set()
@@ -210,6 +228,8 @@ def triage(items: list[Any], *, check_storable: bool = True) -> Triage:
         result = validate_json(item) if type(item) is bytes else validate_event(item)
         if check_storable:
             result = _storable(result, item)
+        if oldest is not None and type(result) is Accepted and result.row[1] < oldest:
+            result = too_old(result, item, oldest)
         if isinstance(result, Rejected):
             reject((index, result))
         elif result.event_id in seen:

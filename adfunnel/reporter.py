@@ -145,7 +145,7 @@ class Reporter:
             raise NotFound(f"no stored event with eventId {event_id!r}")
         body = (
             b'{"event":'
-            + row["payload"].encode()
+            + storage.event_json(row)
             + b',"correlationId":'
             + orjson.dumps(row["correlation_id"])
             + b',"receivedAt":'
@@ -241,21 +241,22 @@ class Reporter:
         ] = None,
         limit: Annotated[int, Query(ge=0, le=1000, description="How many samples")] = 20,
     ) -> Response:
-        """Rejected events kept for inspection and replay: totals by reason, newest samples."""
+        """Rejected events kept for inspection and replay: totals by reason and by replay
+        state, the newest samples with theirs."""
         filters = reports.event_filters(start, end, None, None, None)
         echo = reports.filters_echo(filters)
         with metrics.report("rejected"):
             async with self._db().acquire() as conn:
-                total, by_reason, samples = await storage.rejected_summary(
-                    conn, filters, reasons=100, samples=limit
-                )
+                found = await storage.rejected_summary(conn, filters, reasons=100, samples=limit)
         body = (
             b'{"filters":'
             + orjson.dumps({"from": echo["from"], "to": echo["to"]})
             + b',"total":'
-            + orjson.dumps(total)
+            + orjson.dumps(found.total)
+            + b',"replay":'
+            + orjson.dumps({"replayed": found.replayed, "notReplayed": found.not_replayed})
             + b',"byReason":'
-            + orjson.dumps([dict(r) for r in by_reason])
+            + orjson.dumps([dict(r) for r in found.by_reason])
             + b',"samples":['
             + b",".join(
                 b'{"receivedAt":'
@@ -264,10 +265,12 @@ class Reporter:
                 + orjson.dumps(r["reason"])
                 + b',"correlationId":'
                 + orjson.dumps(r["correlation_id"])
+                + b',"replay":'
+                + orjson.dumps(reports.replay_state(r))
                 + b',"payload":'
                 + (r["payload"] or "null").encode()
                 + b"}"
-                for r in samples
+                for r in found.samples
             )
             + b"]}"
         )

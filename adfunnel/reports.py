@@ -21,7 +21,8 @@ class Row(Protocol):
     def __getitem__(self, key: str) -> Any: ...
 
 
-def _time(name: str, value: str | None) -> datetime | None:
+def parse_bound(name: str, value: str | None) -> datetime | None:
+    """A time bound given as ISO-8601 (no offset: UTC); InvalidParameter naming `name`."""
     if value is None:
         return None
     try:
@@ -44,7 +45,9 @@ def event_filters(
     event_type: str | None,
 ) -> EventFilters:
     """Validated filters; every problem names its query parameter."""
-    filters = EventFilters(_time("from", start), _time("to", end), source, funnel_stage, event_type)
+    filters = EventFilters(
+        parse_bound("from", start), parse_bound("to", end), source, funnel_stage, event_type
+    )
     if source is not None and source not in SOURCES:
         raise _bad("source", f"{source!r} is not one of {', '.join(SOURCES)}")
     if funnel_stage is not None and funnel_stage not in ("top", "bottom"):
@@ -101,6 +104,17 @@ def filters_echo(filters: EventFilters, interval: str | None = None) -> dict[str
 def iso_utc(value: datetime) -> str:
     """ISO-8601 with a Z, like the publisher's timestamps."""
     return value.isoformat().replace("+00:00", "Z")
+
+
+def replay_state(row: Row) -> dict[str, Any] | None:
+    """A rejected row's last replay (`adfunnel replay`), or None when it was never replayed."""
+    if row["replayed_at"] is None:
+        return None
+    return {
+        "replayedAt": iso_utc(row["replayed_at"]),
+        "correlationId": row["replay_correlation_id"],
+        "outcome": row["replay_outcome"],
+    }
 
 
 _CENT = Decimal("0.01")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -41,6 +42,10 @@ class Settings(BaseSettings):
     # waiting in a queue for minutes.
     gateway_concurrent_posts: int = Field(2, gt=0)
     admission_timeout_s: float = Field(10.0, gt=0)
+    # Raw events and rejected rows older than this many days are removed (at start, then
+    # hourly, or by `adfunnel retention`), and events older than it refused at the door;
+    # the rollups stay. Unset: keep everything.
+    retention_days: float | None = Field(None, gt=0)
     writer_pool_size: int = Field(2, gt=0)
     consumers_per_source: int = Field(1, gt=0)
     fetch_batch_messages: int = Field(16, gt=0)
@@ -53,6 +58,12 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(60.0, gt=0, description="Longer than the slowest batch write")
     writer_connections: int = Field(2, gt=0)
     log_level: str = "INFO"
+
+    def retention_cutoff(self, now: datetime) -> datetime | None:
+        """The oldest event time still kept at `now` (None: everything is kept)."""
+        if self.retention_days is None:
+            return None
+        return now - timedelta(days=self.retention_days)
 
     def api_keys(self) -> tuple[bytes, ...]:
         """The reporter's bearer keys (empty: reports are open)."""

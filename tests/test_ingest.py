@@ -541,3 +541,27 @@ def test_error_entries_shape() -> None:
 
 def test_error_entries_of_nothing_is_empty() -> None:
     assert error_entries([]) == []
+
+
+def test_an_event_older_than_the_retention_window_is_rejected_naming_timestamp() -> None:
+    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+    settings = Settings(retention_days=5)
+    oldest = settings.retention_cutoff(now)
+    assert oldest == datetime(2026, 11, 30, 12, tzinfo=UTC)
+    generator = Generator(seed=31)
+    old = generator.event(at=datetime(2026, 11, 25, tzinfo=UTC))
+    edge = generator.event(at=oldest)
+    recent = generator.event(at=now)
+    items = parse_body(orjson.dumps([old, edge, recent]), 10)
+    out = triage(items, oldest=oldest)
+    assert [item.event_id for item in out.accepted] == [edge["eventId"], recent["eventId"]]
+    ((index, rejected),) = out.rejected
+    assert (index, rejected.event_id) == (0, old["eventId"])
+    assert rejected.reason.startswith("timestamp: ")
+    assert "retention window" in rejected.reason
+    assert rejected.payload == old
+    # Decoded items (a body only the stdlib reads) meet the same rule.
+    assert [i for i, _ in triage([old, recent], oldest=oldest).rejected] == [0]
+    # Without a window nothing is too old.
+    assert triage(items).rejected == []
+    assert Settings().retention_cutoff(now) is None

@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from actors.supervisor import ACTOR_NAMESPACE, actor_name
+from adfunnel import storage
 from adfunnel.testing import Deployed, db_fetch, wait_until
 from adfunnel.tools.generator import Generator
 
@@ -22,10 +23,10 @@ def stored(system: Deployed, ids: list[str]) -> dict[str, Any]:
     rows = db_fetch(
         system.settings["database_url"],
         "SELECT event_id, count(*) OVER (PARTITION BY event_id) AS n, correlation_id,"
-        " payload::text AS payload FROM events WHERE event_id = ANY($1)",
+        " payload, payload_json FROM events WHERE event_id = ANY($1)",
         ids,
     )
-    return {row["event_id"]: row for row in rows}
+    return {row["event_id"]: {**row, "payload": storage.event_json(row).decode()} for row in rows}
 
 
 def wait_for_total(system: Deployed, expected: int, timeout: float = 120) -> int:

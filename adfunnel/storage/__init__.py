@@ -7,6 +7,9 @@
 - `_events`: events and revenue reports, one event by id, the rejected store's summary.
 - `_demographics`: distinct users by their latest event in a range.
 - `_checks`: the derived tables against the raw rows.
+- `_payloads`: event payloads as zstd frames, with the dictionaries they name.
+- `_retention`: raw rows past the retention window removed in bounded batches.
+- `_replay`: rejected rows selected for replay, and what became of them.
 - `_reference`: the same answers straight from the raw rows, for the report benchmark.
 
 Callers use the names below: `from adfunnel import storage`, then `storage.insert_copy`.
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 from adfunnel.storage._checks import demographic_mismatches, rollup_mismatches
 from adfunnel.storage._database import (
     create_pool,
+    disk_usage,
     ensure_database,
     prepared_database,
     wait_for_database,
@@ -33,7 +37,9 @@ from adfunnel.storage._demographics import (
     median_ranks,
 )
 from adfunnel.storage._events import (
+    RejectedSummary,
     event_breakdown,
+    event_json,
     event_series,
     fetch_event,
     rejected_summary,
@@ -58,6 +64,14 @@ from adfunnel.storage._reference import (
     naive_revenue_groups,
     naive_revenue_series,
 )
+from adfunnel.storage._replay import (
+    ReplaySelection,
+    count_replayable,
+    record_replays,
+    replayable,
+    stored_under,
+)
+from adfunnel.storage._retention import Expired, expire, removal_horizon
 from adfunnel.storage._writes import (
     COPY_COLUMNS,
     EVENT_COLUMNS,
@@ -90,21 +104,28 @@ __all__ = [
     "REVENUE_CONDITION",
     "Demographics",
     "EventFilters",
+    "Expired",
     "FollowerStats",
     "RejectedRow",
+    "RejectedSummary",
+    "ReplaySelection",
     "Segment",
     "StagedEvent",
     "copy_event_id",
     "copy_payload_text",
     "copy_row",
     "copy_tail",
+    "count_replayable",
     "create_pool",
     "demographic_counts",
     "demographic_mismatches",
     "demographics",
+    "disk_usage",
     "ensure_database",
     "event_breakdown",
+    "event_json",
     "event_series",
+    "expire",
     "fetch_event",
     "follower_stats",
     "insert_copy",
@@ -121,11 +142,15 @@ __all__ = [
     "naive_revenue_series",
     "plan_segments",
     "prepared_database",
+    "record_replays",
     "rejected_summary",
+    "removal_horizon",
+    "replayable",
     "revenue_groups",
     "revenue_series",
     "rollup_mismatches",
     "stored_counts",
+    "stored_under",
     "wait_for_database",
     "where_clause",
     "with_stream_seq",

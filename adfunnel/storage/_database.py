@@ -88,3 +88,16 @@ async def ensure_database(server_dsn: str, name: str) -> None:
                 await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
+
+
+async def disk_usage(conn: Conn) -> tuple[int, dict[str, int]]:
+    """How many events are stored, and the bytes on disk of every table of the project,
+    its indexes and TOAST included (SPEC §9), largest first."""
+    events = await conn.fetchval("SELECT count(*) FROM events")
+    rows = await conn.fetch(
+        "SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
+        " ORDER BY 2 DESC, 1"
+    )
+    return int(events), {row["name"]: int(row["bytes"]) for row in rows}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -17,17 +18,27 @@ from adfunnel.storage._filters import (
     segment_condition,
     where_clause,
 )
+from adfunnel.storage._payloads import decompress
 
 if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
 
 
 async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
-    """The stored event with its trace columns, or None."""
+    """The stored event with its trace columns, or None; `event_json` reads its payload."""
     return await conn.fetchrow(
-        "SELECT payload, correlation_id, received_at, stored_at FROM events WHERE event_id = $1",
+        "SELECT payload, payload_json, correlation_id, received_at, stored_at FROM events"
+        " WHERE event_id = $1",
         event_id,
     )
+
+
+def event_json(row: Any) -> bytes:
+    """The JSON of a stored event, from a row with its `payload` and `payload_json`: the
+    compressed form, or the text of a row stored before payloads were compressed."""
+    if row["payload"] is not None:
+        return decompress(row["payload"])
+    return str(row["payload_json"]).encode()
 
 
 def _union(
@@ -138,14 +149,34 @@ async def revenue_series(conn: Conn, filters: EventFilters, interval: str) -> li
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedSummary:
+    """The rejected store in a receipt-time range: how many, how many were replayed, the
+    most frequent reasons and the newest rows."""
+
+    total: int
+    replayed: int
+    by_reason: list[asyncpg.Record]
+    samples: list[asyncpg.Record]
+
+    @property
+    def not_replayed(self) -> int:
+        return self.total - self.replayed
+
+
 async def rejected_summary(
     conn: Conn, filters: EventFilters, *, reasons: int, samples: int
-) -> tuple[int, list[asyncpg.Record], list[asyncpg.Record]]:
-    """Total, counts by reason (most frequent first) and the newest samples, by receipt time."""
+) -> RejectedSummary:
+    """Counts by reason (most frequent first), replayed or not, and the newest samples with
+    their replay state, by receipt time."""
     where, params = where_clause(
         EventFilters(filters.start, filters.end), time_column="received_at"
     )
-    total = await conn.fetchval(f"SELECT count(*) FROM rejected_events{where}", *params)
+    counts = await conn.fetchrow(
+        f"SELECT count(*) AS total, count(replayed_at) AS replayed FROM rejected_events{where}",
+        *params,
+    )
+    assert counts is not None
     by_reason = await conn.fetch(
         f"SELECT reason, count(*) AS count FROM rejected_events{where}"
         f" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(reasons)}",
@@ -153,11 +184,14 @@ async def rejected_summary(
     )
     newest = await conn.fetch(
         "SELECT received_at, reason, correlation_id,"
-        " coalesce(payload, to_jsonb(raw)) AS payload"
+        " coalesce(payload, to_jsonb(raw)) AS payload,"
+        " replayed_at, replay_correlation_id, replay_outcome"
         f" FROM rejected_events{where} ORDER BY received_at DESC, id DESC LIMIT {int(samples)}",
         *params,
     )
-    return int(total), list(by_reason), list(newest)
+    return RejectedSummary(
+        int(counts["total"]), int(counts["replayed"]), list(by_reason), list(newest)
+    )
 
 
 async def stored_counts(conn: Conn) -> tuple[int, int]:

@@ -7,6 +7,7 @@ received copy, inside the batch and against what is already stored.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
+import zstandard
 
 from adfunnel.schema import EventRow
+from adfunnel.storage._payloads import compress, decompress
 
 if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
@@ -30,7 +33,7 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     event_id text COLLATE "C", event_time timestamptz, source text, funnel_stage text,
     event_type text, user_id text, purchase_amount numeric, campaign_id text, ad_id text,
     age integer, gender text, country text, city text, followers bigint, device text,
-    action_time timestamptz, payload text, correlation_id text, received_at timestamptz,
+    action_time timestamptz, payload bytea, correlation_id text, received_at timestamptz,
     stream_seq bigint, seq bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 """
@@ -46,12 +49,12 @@ _UPSERT_STAGED = f"""
 WITH written AS (
     INSERT INTO events AS e ({_STORED_LIST})
     SELECT DISTINCT ON (event_id)
-        {", ".join(c if c != "payload" else "payload::json" for c in COPY_COLUMNS)}
+        {", ".join(COPY_COLUMNS)}
     FROM events_staging
     ORDER BY event_id, received_at, stream_seq, seq
     ON CONFLICT (event_id) DO UPDATE
-    SET ({_STORED_LIST}, stored_at) = ({", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)},
-        clock_timestamp())
+    SET ({_STORED_LIST}, stored_at, payload_json) = (
+        {", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)}, clock_timestamp(), NULL)
     WHERE (e.received_at, e.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
     RETURNING e.xmax = 0 AS new
 )
@@ -119,10 +122,8 @@ def _copy_text(value: str | None) -> str:
 
 
 def _copy_payload(payload: bytes) -> bytes:
-    # JSON text escapes its own control characters, so only a backslash and the whitespace
-    # a sender may put between tokens need COPY's escapes.
-    payload = payload.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
-    return payload.replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+    # bytea in hex: `\x` and two digits a byte, its backslash doubled for COPY.
+    return b"\\\\x" + binascii.hexlify(compress(payload))
 
 
 def copy_tail(correlation_id: str | None, received_at: datetime) -> bytes:
@@ -170,7 +171,6 @@ def _typed_fields(row: EventRow) -> tuple[str, ...]:
 
 
 _TEXT_SPECIAL = re.compile(r"[\\\n\r]")
-_PAYLOAD_SPECIAL = re.compile(rb"[\\\n\r\t]")
 
 
 def copy_row(row: EventRow, payload: bytes, tail: bytes) -> bytes:
@@ -181,9 +181,7 @@ def copy_row(row: EventRow, payload: bytes, tail: bytes) -> bytes:
     # value holds a tab, a line end or a backslash, and only then is each one escaped.
     if text.count("\t") != _COPY_FIELDS - 1 or _TEXT_SPECIAL.search(text):
         text = "\t".join(map(_copy_text, _typed_fields(row)))
-    if _PAYLOAD_SPECIAL.search(payload):
-        payload = _copy_payload(payload)
-    return b"".join((text.encode(), b"\t", payload, tail, b"\n"))
+    return b"".join((text.encode(), b"\t", _copy_payload(payload), tail, b"\n"))
 
 
 def with_stream_seq(lines: bytes, stream_seq: int | None) -> bytes:
@@ -221,7 +219,11 @@ def copy_payload_text(line: bytes) -> str:
     (a line that is not one is kept whole)."""
     if not is_copy_line(line):
         return line.rstrip(b"\n").decode("utf-8", errors="replace")
-    return _copy_field(line, COPY_COLUMNS.index("payload"))
+    field = _copy_field(line, COPY_COLUMNS.index("payload"))
+    try:
+        return decompress(binascii.unhexlify(field.removeprefix("\\x"))).decode()
+    except (ValueError, zstandard.ZstdError):
+        return field  # not a payload this code wrote: kept as it is
 
 
 async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:

@@ -549,8 +549,10 @@ CAMPAIGNS = st.one_of(st.none(), st.sampled_from((*CAMPAIGN_IDS, "cmp-nobody-run
 
 
 def test_the_stored_copy_of_each_event_is_the_earliest_received(loaded: Loaded) -> None:
-    rows = loaded.runner.run(loaded.pool.fetch("SELECT event_id, payload FROM events"))
-    stored = {r["event_id"]: orjson.loads(r["payload"]) for r in rows}
+    rows = loaded.runner.run(
+        loaded.pool.fetch("SELECT event_id, payload, payload_json FROM events")
+    )
+    stored = {r["event_id"]: orjson.loads(storage.event_json(r)) for r in rows}
     winners = {f.event_id: f for f in loaded.facts}
     assert stored.keys() == winners.keys()
     for event_id, payload in stored.items():

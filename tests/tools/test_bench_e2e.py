@@ -65,6 +65,23 @@ async def test_a_small_run_accounts_every_accepted_event(system: Deployed) -> No
     assert all(value > 0 for value in results.freshness)
     assert set(figures["cpu_ledger"]) == {"e2e", "acks", "sustained"}
     assert figures["cpu_ledger"]["e2e"]["events"] == results.e2e_events
+    # Bytes on disk per stored event, from the real tables: the events table's own share
+    # is most of it, and the shares add up to the total.
+    by_table = figures["disk_bytes_per_event_by_table"]
+    assert results.stored_events == stored and by_table["events"] > 0
+    assert sum(by_table.values()) == pytest.approx(figures["disk_bytes_per_event"], abs=1)
+    assert by_table["events"] == max(by_table.values())
+
+
+def test_jetstream_bytes_per_event_are_read_at_the_largest_backlog() -> None:
+    samples = [
+        Sample(0, 5_000, 0, 5, 4_000_000),  # too small a backlog to say much
+        Sample(1, 30_000, 10_000, 20, 12_000_000),
+        Sample(2, 50_000, 10_000, 40, 20_000_000),
+        Sample(3, 60_000, 50_000, 10, None),
+    ]
+    assert bench_e2e.jetstream_bytes_per_event(samples) == 500.0
+    assert bench_e2e.jetstream_bytes_per_event(samples[:1]) is None
 
 
 @pytest.mark.integration

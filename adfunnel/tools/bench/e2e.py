@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from adfunnel import storage
 from adfunnel.tools import publish
 from adfunnel.tools.bench import system as bench_system
 from adfunnel.tools.bench.floor import run_batched_floor, run_floor
@@ -106,6 +107,7 @@ class Sample:
     accepted: int
     stored: int
     pending_messages: int | None
+    stream_bytes: int | None = None
 
     @property
     def backlog(self) -> int:
@@ -192,6 +194,9 @@ class Results:
     lost: int | None = None
     duplicated: int | None = None
     peak_pss_kb: int = 0
+    # After the run: events stored, and bytes on disk per table (indexes and TOAST included).
+    stored_events: int = 0
+    disk_bytes: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, PhaseCpu] = field(default_factory=dict)
     soak: SoakRun | None = None
 
@@ -227,6 +232,11 @@ class Results:
             "accepted": len(self.accepted_ids),
             "failed_posts": self.failed_posts,
             "refused_posts": self.refused_posts,
+            "disk_bytes_per_event": _per_event(sum(self.disk_bytes.values()), self.stored_events),
+            "disk_bytes_per_event_by_table": {
+                name: _per_event(size, self.stored_events) for name, size in self.disk_bytes.items()
+            },
+            "jetstream_bytes_per_event": jetstream_bytes_per_event(self.samples),
         }
         ledger = {phase: self.cpu[phase].figures() for phase in PHASES if phase in self.cpu}
         steady = ledger.get("sustained", {})
@@ -402,12 +412,12 @@ async def phase_sustained(
         async with bench_system.jetstream(target.nats_url) as js:
             while not stop.is_set():
                 stored = await visible_total(client) - before
-                pending = None
+                pending = held = None
                 if js is not None:
                     pending = await bench_system.pending_messages(js, target.stream)
-                r.samples.append(
-                    Sample(time.monotonic() - started, progress["accepted"], stored, pending)
-                )
+                    held = await bench_system.stream_bytes(js, target.stream)
+                elapsed = time.monotonic() - started
+                r.samples.append(Sample(elapsed, progress["accepted"], stored, pending, held))
                 await asyncio.sleep(1.0)
 
     stop = asyncio.Event()
@@ -635,6 +645,30 @@ async def account(database_url: str, accepted: set[str], stored_increase: int) -
     return len(ids) - found, max(0, stored_increase - found)
 
 
+def _per_event(size: int, events: int) -> float | None:
+    return round(size / events, 1) if events else None
+
+
+def jetstream_bytes_per_event(samples: list[Sample]) -> float | None:
+    """The stream's bytes per waiting event, at the largest backlog of the sustained phase
+    (none below 10,000 events: a few messages say little)."""
+    held = [s for s in samples if s.stream_bytes is not None and s.backlog >= 10_000]
+    if not held:
+        return None
+    largest = max(held, key=lambda s: s.backlog)
+    assert largest.stream_bytes is not None
+    return round(largest.stream_bytes / largest.backlog, 1)
+
+
+async def measure_disk(database_url: str, results: Results) -> None:
+    """Bytes on disk per stored event, every table of the project (SPEC §9)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        results.stored_events, results.disk_bytes = await storage.disk_usage(conn)
+    finally:
+        await conn.close()
+
+
 async def run_phases(target: Target, plan: BenchPlan, results: Results, log: Any) -> None:
     """Every phase against a running system (with `plan.soak_s`: the soak alone)."""
     async with httpx.AsyncClient(base_url=target.base_url, timeout=60) as client:
@@ -654,6 +688,7 @@ async def run_phases(target: Target, plan: BenchPlan, results: Results, log: Any
             results.lost, results.duplicated = await account(
                 target.database_url, results.accepted_ids, increase
             )
+            await measure_disk(target.database_url, results)
 
 
 def run_floors(nats_url: str, database_url: str, plan: BenchPlan, r: Results, log: Any) -> None:

@@ -135,6 +135,15 @@ async def pending_messages(js: JetStreamContext, stream: str) -> int:
     return total
 
 
+async def stream_bytes(js: JetStreamContext, stream: str) -> int | None:
+    """Bytes the stream holds on disk now (its backlog: acked messages leave a work queue)."""
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return None
+    return int(info.state.bytes)
+
+
 # -- CPU ledger ------------------------------------------------------------------------------
 #
 # CPU seconds of every process of the system, read from /proc, summed per component over a
