@@ -51,13 +51,9 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
     expected = {
         "repeat_user_events": f"SELECT {columns} FROM events WHERE (source, user_id) IN"
         f" ({users} > 1)",
-        "demographic_users": "SELECT source, user_id, count(*),"
-        " CASE WHEN count(*) = 1 THEN min(event_id) END FROM events GROUP BY 1, 2",
     }
     actual = {
         "repeat_user_events": f"SELECT {columns} FROM repeat_user_events",
-        "demographic_users": "SELECT source, user_id, events,"
-        " CASE WHEN events = 1 THEN first_event_id END FROM demographic_users",
     }
     single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
     # Each repeat user's latest event per track and hour, linked to their next hour.

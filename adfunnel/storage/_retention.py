@@ -59,7 +59,7 @@ async def _delete_batches(conn: Conn, statement: str, before: datetime, batch: i
                     status = await conn.execute(statement, before, batch)
                 break
             except asyncpg.DeadlockDetectedError:
-                # A writer locked the same users' state rows in the other order: it wins.
+                # A writer held rows of this batch in the other order: it goes first.
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise
                 await asyncio.sleep(0.1 * (attempt + 1))

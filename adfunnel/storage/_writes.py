@@ -255,9 +255,9 @@ async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
     await conn.copy_to_table(
         "events_staging", source=source(), columns=COPY_COLUMNS, format="text", null=_NULL
     )
-    # Two writers sharing repeat users can still lock a user's state rows in opposite
-    # orders (a replacement removes, then adds). PostgreSQL breaks the cycle by failing one
-    # statement; going back to before it and running it again lets the other finish first.
+    # Two writers can still meet on the same rows in opposite orders (a replacement of an
+    # event the other holds). PostgreSQL breaks the cycle by failing one statement; going
+    # back to before it and running it again lets the other finish first.
     for attempt in range(_DEADLOCK_RETRIES):
         try:
             async with conn.transaction():  # a savepoint inside the caller's transaction

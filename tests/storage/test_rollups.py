@@ -208,7 +208,7 @@ async def test_a_batch_of_a_user_with_100000_events_reads_none_of_them(database:
                 "SELECT count(*) FROM events WHERE user_id = ANY($1)", [hot_fb, hot_tt]
             )
             assert stored == 100_000
-            tables = ("events", "repeat_user_events", "demographic_users", "repeat_user_hours")
+            tables = ("events", "repeat_user_events", "repeat_user_hours")
             before = await _tuples_read(conn, tables)
             async with conn.transaction():
                 await storage.insert_events(

@@ -101,11 +101,12 @@ async def data_set(conn: Conn) -> dict[str, Any]:
     events = await conn.fetchval("SELECT sum(events) FROM event_rollup_day")
     row = await conn.fetchrow(
         "SELECT count(*) AS users, coalesce(sum(events) FILTER (WHERE events > 1), 0) AS repeat"
-        " FROM demographic_users"
+        " FROM (SELECT source, user_id, count(*) AS events FROM events GROUP BY 1, 2) u"
     )
     busiest = await conn.fetchval(
         "SELECT coalesce(sum(events), 0) FROM (SELECT events, row_number() OVER"
-        " (PARTITION BY source ORDER BY events DESC) AS rank FROM demographic_users) u"
+        " (PARTITION BY source ORDER BY events DESC) AS rank FROM"
+        " (SELECT source, user_id, count(*) AS events FROM events GROUP BY 1, 2) u) u"
         " WHERE rank <= 600"
     )
     events = int(events or 0)
