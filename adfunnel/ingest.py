@@ -39,12 +39,17 @@ SIGNATURE_HEADER = "x-signature"
 REPLAY_HEADER = "x-adfunnel-replay"
 
 
+def signature(secret: str, body: bytes) -> str:
+    """The `x-signature` value of `body`: `sha256=<hex HMAC-SHA256(secret, body)>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
 def verify_signature(secret: str, body: bytes, header: str | None) -> None:
-    """Check `x-signature: sha256=<hex HMAC-SHA256(secret, body)>` in constant time."""
+    """Check `x-signature` (see `signature`) in constant time."""
     if not header:
         raise BadSignature("missing x-signature header")
     scheme, _, given = header.partition("=")
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    expected = signature(secret, body).removeprefix("sha256=")
     given = given.strip().lower()
     # compare_digest refuses non-ASCII str: such a header is simply a wrong signature.
     if scheme.strip().lower() != "sha256" or not given.isascii():

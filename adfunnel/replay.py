@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
-import hmac
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,7 +24,7 @@ import orjson
 
 from adfunnel import storage
 from adfunnel.errors import ReplayRefused
-from adfunnel.ingest import REPLAY_HEADER, SIGNATURE_HEADER, triage
+from adfunnel.ingest import REPLAY_HEADER, SIGNATURE_HEADER, signature, triage
 from adfunnel.storage import ReplaySelection
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/webhook"
@@ -177,8 +175,7 @@ async def _post(
     """The 202's answer, or None once the gateway kept refusing (503) or failed."""
     headers = {"content-type": "application/json", "x-correlation-id": cid, REPLAY_HEADER: "1"}
     if options.secret is not None:
-        digest = hmac.new(options.secret.encode(), body, hashlib.sha256).hexdigest()
-        headers[SIGNATURE_HEADER] = f"sha256={digest}"
+        headers[SIGNATURE_HEADER] = signature(options.secret, body)
     for _ in range(_REFUSALS):
         response = await client.post(options.endpoint, content=body, headers=headers)
         if response.status_code == 202:

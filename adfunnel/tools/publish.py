@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import os
 import signal
 import sys
@@ -36,7 +34,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from adfunnel.ingest import SIGNATURE_HEADER
+from adfunnel.ingest import SIGNATURE_HEADER, signature
 from adfunnel.tools.generator import DEFAULT_HOT_SHARE, DEFAULT_RETURNING_SHARE, Generator, user_mix
 from adfunnel.tools.stats import percentile
 
@@ -133,11 +131,6 @@ class Batch:
         if self.signature is not None:
             headers[SIGNATURE_HEADER] = self.signature
         return headers
-
-
-def signature(secret: str, body: bytes) -> str:
-    """The `x-signature` value the gateway checks: `sha256=<hex HMAC-SHA256(secret, body)>`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 class BatchMaker:
