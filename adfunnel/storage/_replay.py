@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from adfunnel.storage._filters import Params
+from adfunnel.storage._filters import EventFilters, Params, filter_conditions, range_conditions
 
 if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
@@ -29,13 +29,11 @@ class ReplaySelection:
 
 
 def _conditions(selection: ReplaySelection, params: Params) -> list[str]:
-    conditions = []
-    if selection.start is not None:
-        conditions.append(f"received_at >= {params.add(selection.start)}")
-    if selection.end is not None:
-        conditions.append(f"received_at < {params.add(selection.end)}")
-    if selection.source is not None:
-        conditions.append(f"source = {params.add(selection.source)}")
+    received = EventFilters(selection.start, selection.end, selection.source)
+    conditions = [
+        *range_conditions(received, params, "received_at"),
+        *filter_conditions(received, params),
+    ]
     if selection.reason:
         conditions.append(f"strpos(reason, {params.add(selection.reason)}) > 0")
     if not selection.again:
