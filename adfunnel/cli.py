@@ -14,7 +14,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import asyncpg
-import httpx
 
 from adfunnel import embedded, replay, reports, storage
 from adfunnel.errors import ReplayRefused, RequestError
@@ -68,26 +67,11 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _running_database(endpoint: str) -> str | None:
-    """The embedded PostgreSQL of the system behind `endpoint`, from its readiness answer
-    (with the embedded default the database is the system's own, on a free port)."""
-    url = httpx.URL(endpoint).copy_with(path="/health/ready", query=None)
-    try:
-        components = httpx.get(url, timeout=10).json().get("components", {})
-    except (httpx.HTTPError, ValueError):
-        return None
-    for name in components:
-        if name.startswith("embedded:postgresql://"):
-            server = name.removeprefix("embedded:")
-            return f"{server.rsplit('/', 1)[0]}/{embedded.DATABASE}"
-    return None
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     """Send rejected events through the gateway again, edited; each row records the outcome."""
     settings = Settings()
     endpoint = args.endpoint or os.environ.get("EVENT_ENDPOINT") or replay.DEFAULT_ENDPOINT
-    database_url = args.database_url or settings.database_url or _running_database(endpoint)
+    database_url = args.database_url or settings.database_url or embedded.running_database(endpoint)
     if database_url is None:
         print(
             "adfunnel replay: no database: give --database-url or DATABASE_URL (or run the"

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from adfunnel import storage
 from adfunnel.errors import EmbeddedServerError
 from adfunnel.settings import Settings
@@ -231,6 +233,21 @@ def database(explicit: str | None) -> Iterator[str]:
         yield asyncio.run(storage.prepared_database(server.url, DATABASE))
     finally:
         server.stop()
+
+
+def running_database(url: str) -> str | None:
+    """The embedded PostgreSQL database of the system serving `url` (any of its URLs), from
+    its readiness answer, which names the embedded servers; None when it has none."""
+    ready = httpx.URL(url).copy_with(path="/health/ready", query=None)
+    try:
+        components = httpx.get(ready, timeout=10).json().get("components", {})
+    except (httpx.HTTPError, ValueError):
+        return None
+    for name in components:
+        if name.startswith("embedded:postgresql://"):
+            server = name.removeprefix("embedded:")
+            return f"{server.rsplit('/', 1)[0]}/{DATABASE}"
+    return None
 
 
 def _die_with_parent(signum: int) -> Callable[[], None]:

@@ -18,16 +18,16 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
+from adfunnel import embedded
 from adfunnel.testing import db_fetch, wait_until
 from adfunnel.tools.generator import Generator
 
 
-def database_url(client: httpx.Client) -> str:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    components: dict[str, object] = client.get("/health/ready").json()["components"]
-    embedded = [k.removeprefix("embedded:") for k in components if k.startswith("embedded:postg")]
-    return embedded[0].rsplit("/", 1)[0] + "/adfunnel"
+def database_url(base_url: str) -> str:
+    found = os.environ.get("DATABASE_URL") or embedded.running_database(base_url)
+    if found is None:
+        raise SystemExit(f"no database: set DATABASE_URL (the system at {base_url} has none)")
+    return found
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     bodies = [orjson.dumps(batch) for batch in batches]
     ids = [event["eventId"] for batch in batches for event in batch]
     with httpx.Client(base_url=args.url, timeout=300) as client:
-        dsn = database_url(client)
+        dsn = database_url(args.url)
         before = client.get("/reports/events").json()["total"]
         started = datetime.now(UTC)
         t0 = time.perf_counter()
