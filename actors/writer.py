@@ -35,8 +35,8 @@ from adfunnel.storage import (
     insert_copy,
     insert_rejected,
     is_copy_line,
-    with_stream_seq,
-    without_stream_seq,
+    with_delivery,
+    without_delivery,
 )
 
 log = structlog.get_logger(component="writer")
@@ -118,7 +118,9 @@ def decode(delivery: Delivery) -> Decoded:
     received_at = _received(delivery)
     out = Decoded(b"", 0, [], delivery.lane, delivery.msg_id, delivery.correlation_id, received_at)
     if delivery.lane != "rejected":
-        out.lines = with_stream_seq(delivery.body, delivery.stream_seq)
+        out.lines = with_delivery(
+            delivery.body, delivery.correlation_id, received_at, delivery.stream_seq
+        )
         out.count = delivery.body.count(b"\n")
         return out
     for index, line in enumerate(decode_lines(delivery.body)):
@@ -252,7 +254,7 @@ class Writer:
             except Exception as error:
                 if is_transient(error):
                     raise StorageUnavailable(f"write failed: {error!r}") from error
-                sent = without_stream_seq(line)  # the line as the gateway encoded it
+                sent = without_delivery(line)  # the line as the gateway encoded it
                 event_id = copy_event_id(sent) if is_copy_line(sent) else None
                 row = RejectedRow(
                     # One key per event (or per line of a message, for a broken line), so a

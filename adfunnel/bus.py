@@ -35,7 +35,7 @@ from nats.js.errors import BadRequestError
 from adfunnel.errors import BusUnavailable
 from adfunnel.schema import Accepted, Rejected, dump_json
 from adfunnel.settings import Settings
-from adfunnel.storage import copy_row, copy_tail
+from adfunnel.storage import copy_row
 
 LANES = ("facebook", "tiktok", "rejected")
 HEADER_CORRELATION = "X-Correlation-Id"
@@ -144,15 +144,15 @@ def encode_batch(
 ) -> list[Chunk]:
     """Group a request's events by subject and cut them into bounded messages.
 
-    An event travels as the line the writers COPY (`storage.copy_row`): its typed columns
-    and its JSON, so a writer only forwards what it fetched. A rejection travels as a JSON
+    An event travels as the start of the line the writers COPY (`storage.copy_row`): its
+    typed columns and its payload; the writer appends what the message's headers say for all
+    its events (`storage.with_delivery`). A rejection travels as a JSON
     line with its reason, index and payload.
     """
     base = {HEADER_CORRELATION: correlation_id, HEADER_RECEIVED_AT: received_at.isoformat()}
-    tail = copy_tail(correlation_id, received_at)
     by_subject: dict[str, list[tuple[str, bytes]]] = {}
     for event in accepted:
-        line = copy_row(event.row, event.payload, tail)
+        line = copy_row(event.row, event.payload)
         by_subject.setdefault(event_subject(settings, event), []).append((event.event_id, line))
     rejected_subject = lane_filter(settings, "rejected")
     by_subject[rejected_subject] = [

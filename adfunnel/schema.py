@@ -194,14 +194,12 @@ class EventRow(NamedTuple):
     user_id: str
     purchase_amount: Decimal | None
     campaign_id: str | None
-    ad_id: str | None
     age: int | None
     gender: str | None
     country: str | None
     city: str | None
     followers: int | None
     device: str | None
-    action_time: datetime | None
 
 
 # Each `data` model reads its own columns: only the fields its stage defines, so an extra field
@@ -210,7 +208,9 @@ class EventRow(NamedTuple):
 # slower with keywords and still twice with positions, and this runs for every event. The
 # tests compare each model's row with a keyword-built EventRow. The order is EventRow's:
 #   event_id, event_time, source, funnel_stage, event_type, user_id, purchase_amount,
-#   campaign_id, ad_id, age, gender, country, city, followers, device, action_time
+#   campaign_id, age, gender, country, city, followers, device
+# `actionTime` is validated but not kept as a column: no report reads it, and the payload
+# holds it (see migration 0013).
 _new_row = tuple.__new__
 
 
@@ -220,6 +220,7 @@ class _FacebookTopData(_Model):
 
     def row(self, event_id: str, timestamp: Any, event_type: str) -> EventRow:
         user, engagement = self.user, self.engagement
+        _timestamp("data.engagement.actionTime", engagement.actionTime)  # checked, not kept
         location = user.location
         return _new_row(
             EventRow,
@@ -232,14 +233,12 @@ class _FacebookTopData(_Model):
                 user.userId,
                 None,
                 None,
-                None,
                 user.age,
                 user.gender,
                 location.country,
                 location.city,
                 None,
                 None,
-                _timestamp("data.engagement.actionTime", engagement.actionTime),
             ),
         )
 
@@ -262,14 +261,12 @@ class _FacebookBottomData(_Model):
                 user.userId,
                 _amount(engagement.purchaseAmount),
                 engagement.campaignId,
-                engagement.adId,
                 user.age,
                 user.gender,
                 location.country,
                 location.city,
                 None,
                 engagement.device,
-                None,
             ),
         )
 
@@ -293,12 +290,10 @@ class _TiktokTopData(_Model):
                 None,
                 None,
                 None,
-                None,
                 engagement.country,
                 None,
                 user.followers,
                 engagement.device,
-                None,
             ),
         )
 
@@ -309,6 +304,7 @@ class _TiktokBottomData(_Model):
 
     def row(self, event_id: str, timestamp: Any, event_type: str) -> EventRow:
         user, engagement = self.user, self.engagement
+        _timestamp("data.engagement.actionTime", engagement.actionTime)  # checked, not kept
         return _new_row(
             EventRow,
             (
@@ -324,10 +320,8 @@ class _TiktokBottomData(_Model):
                 None,
                 None,
                 None,
-                None,
                 user.followers,
                 None,
-                _timestamp("data.engagement.actionTime", engagement.actionTime),
             ),
         )
 

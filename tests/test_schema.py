@@ -232,14 +232,12 @@ def test_event_row_of_a_facebook_checkout() -> None:
         user_id="u-1",
         purchase_amount=Decimal("1999.99"),
         campaign_id="cmp-spring-sale",
-        ad_id="ad-7",
         age=34,
         gender="female",
         country="Ukraine",
         city="Lviv",
         followers=None,
         device="mobile",
-        action_time=None,
     )
 
 
@@ -250,8 +248,7 @@ def test_event_row_of_a_facebook_top_event() -> None:
     user = event["data"]["user"]
     assert (row.age, row.gender) == (user["age"], user["gender"])
     assert (row.country, row.city) == (user["location"]["country"], user["location"]["city"])
-    assert row.action_time == datetime(2026, 11, 27, 9, 59, tzinfo=UTC)
-    assert (row.purchase_amount, row.campaign_id, row.ad_id, row.device) == (None,) * 4
+    assert (row.purchase_amount, row.campaign_id, row.device) == (None,) * 3
     assert row.followers is None
 
 
@@ -262,14 +259,13 @@ def test_event_row_of_tiktok_events() -> None:
     assert row.user_id == top["data"]["user"]["userId"]
     assert row.country == top["data"]["engagement"]["country"]
     assert row.device == top["data"]["engagement"]["device"]
-    assert (row.age, row.gender, row.city, row.action_time, row.purchase_amount) == (None,) * 5
+    assert (row.age, row.gender, row.city, row.purchase_amount) == (None,) * 4
 
     bottom = make("tiktok", "purchase")
     bottom["data"]["engagement"]["purchaseAmount"] = "15.00"
     bottom["data"]["engagement"]["actionTime"] = "2026-11-27T09:00:00Z"
     row = accepted(bottom).row
     assert row.purchase_amount == Decimal("15.00")
-    assert row.action_time == datetime(2026, 11, 27, 9, tzinfo=UTC)
     assert (row.country, row.device, row.campaign_id) == (None,) * 3
 
 
@@ -290,10 +286,9 @@ def test_timestamps_become_utc(text: str, expected: datetime) -> None:
         event = make(source, event_type)
         event["timestamp"] = text
         event["data"]["engagement"]["actionTime"] = text
-        row = accepted(event).row
-        for moment in (row.event_time, row.action_time):
-            assert moment == expected
-            assert moment is not None and moment.tzinfo is UTC
+        moment = accepted(event).row.event_time
+        assert moment == expected
+        assert moment.tzinfo is UTC
 
 
 # -- rejected events -----------------------------------------------------------------------
@@ -533,7 +528,6 @@ def reference_row(event: dict[str, Any]) -> EventRow:
     source, stage = event["source"], event["funnelStage"]
     user, engagement = event["data"]["user"], event["data"]["engagement"]
     facebook, top = source == "facebook", stage == "top"
-    action_time = engagement["actionTime"] if facebook == top else None
     amount = None if top else engagement["purchaseAmount"]
     return EventRow(
         event_id=event["eventId"],
@@ -544,14 +538,12 @@ def reference_row(event: dict[str, Any]) -> EventRow:
         user_id=user["userId"],
         purchase_amount=None if amount is None else Decimal(amount),
         campaign_id=engagement["campaignId"] if facebook and not top else None,
-        ad_id=engagement["adId"] if facebook and not top else None,
         age=user["age"] if facebook else None,
         gender=user["gender"] if facebook else None,
         country=user["location"]["country"] if facebook else engagement["country"] if top else None,
         city=user["location"]["city"] if facebook else None,
         followers=None if facebook else user["followers"],
         device=engagement["device"] if facebook != top else None,
-        action_time=None if action_time is None else schema.parse_timestamp(action_time),
     )
 
 
@@ -771,8 +763,6 @@ def test_generated_events_are_accepted(seed: int, at: datetime) -> None:
         row = result.row
         assert row.event_id == event["eventId"]
         assert row.event_time <= expected_time
-        if row.action_time is not None:
-            assert row.action_time <= row.event_time
     assert event_row(gen.event(at)).event_time == expected_time
 
 

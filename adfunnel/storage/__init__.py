@@ -74,19 +74,20 @@ from adfunnel.storage._replay import (
 from adfunnel.storage._retention import Expired, expire, removal_horizon
 from adfunnel.storage._writes import (
     COPY_COLUMNS,
+    DELIVERY_COLUMNS,
     EVENT_COLUMNS,
+    LINE_COLUMNS,
     RejectedRow,
     StagedEvent,
     copy_event_id,
     copy_payload_text,
     copy_row,
-    copy_tail,
     insert_copy,
     insert_events,
     insert_rejected,
     is_copy_line,
-    with_stream_seq,
-    without_stream_seq,
+    with_delivery,
+    without_delivery,
 )
 
 if TYPE_CHECKING:
@@ -96,10 +97,12 @@ if TYPE_CHECKING:
 __all__ = [
     "AGE_BUCKETS",
     "COPY_COLUMNS",
+    "DELIVERY_COLUMNS",
     "DEMOGRAPHIC_GRAINS",
     "EVENT_COLUMNS",
     "FOLLOWER_BUCKETS",
     "GRAINS",
+    "LINE_COLUMNS",
     "MIGRATION_LOCK_ID",
     "REVENUE_CONDITION",
     "Demographics",
@@ -114,7 +117,6 @@ __all__ = [
     "copy_event_id",
     "copy_payload_text",
     "copy_row",
-    "copy_tail",
     "count_replayable",
     "create_pool",
     "demographic_counts",
@@ -153,6 +155,6 @@ __all__ = [
     "stored_under",
     "wait_for_database",
     "where_clause",
-    "with_stream_seq",
-    "without_stream_seq",
+    "with_delivery",
+    "without_delivery",
 ]

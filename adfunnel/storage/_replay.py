@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from adfunnel.storage._events import STORED_CORRELATION_ID
 from adfunnel.storage._filters import EventFilters, Params, filter_conditions, range_conditions
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ async def record_replays(
 async def stored_under(conn: Conn, event_ids: Sequence[str]) -> dict[str, str | None]:
     """eventId → the correlation id it is stored under, for those of `event_ids` stored."""
     rows = await conn.fetch(
-        "SELECT event_id, correlation_id FROM events WHERE event_id = ANY($1::text[])",
+        f"SELECT event_id, {STORED_CORRELATION_ID} FROM events WHERE event_id = ANY($1::text[])",
         list(event_ids),
     )
     return {row["event_id"]: row["correlation_id"] for row in rows}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,17 +25,21 @@ if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
 
 EVENT_COLUMNS = EventRow._fields
-# What a writer COPYs per event: the typed columns, the payload, the delivery metadata. The
-# gateway encodes everything but `stream_seq`, which only JetStream knows; `seq` (the order
-# of the rows in the COPY) is filled by the staging table itself.
-COPY_COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
+# What a writer COPYs per event: the typed columns and the payload, which the gateway
+# encodes, then what every event of one bus message shares, which the writer appends from the
+# message's headers and JetStream's sequence (`with_delivery`). The correlation id goes in
+# `correlation_uuid` when it is a UUID in its canonical text (the gateway's own), else in
+# `correlation_id`. `seq` (the order of the rows in the COPY) is filled by the staging table.
+LINE_COLUMNS = (*EVENT_COLUMNS, "payload")
+DELIVERY_COLUMNS = ("correlation_uuid", "correlation_id", "received_at", "stream_seq")
+COPY_COLUMNS = (*LINE_COLUMNS, *DELIVERY_COLUMNS)
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS events_staging (
     event_id text COLLATE "C", event_time timestamptz, source text, funnel_stage text,
-    event_type text, user_id text, purchase_amount numeric, campaign_id text, ad_id text,
-    age integer, gender text, country text, city text, followers bigint, device text,
-    action_time timestamptz, payload bytea, correlation_id text, received_at timestamptz,
-    stream_seq bigint, seq bigint GENERATED ALWAYS AS IDENTITY
+    event_type text, user_id text, purchase_amount numeric, campaign_id text, age integer,
+    gender text, country text, city text, followers bigint, device text, payload bytea,
+    correlation_uuid uuid, correlation_id text, received_at timestamptz, stream_seq bigint,
+    seq bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 """
 _DEADLOCK_RETRIES = 5
@@ -112,7 +117,12 @@ class RejectedRow:
 _NULL = ""
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_COPY_FIELDS = len(COPY_COLUMNS) - 4  # the typed columns, before the payload
+_COPY_FIELDS = len(EVENT_COLUMNS)  # the typed columns, before the payload
+# A line as gateways before migration 0013 encoded it: `ad_id` (9th) and `action_time`
+# (16th) among the typed columns, and the correlation id and received time after the
+# payload. Messages of that layout may wait in JetStream across an upgrade.
+_LEGACY_FIELDS = 19
+_LEGACY_DROPPED = (18, 17, 15, 8)  # from the end, so the earlier indexes stay valid
 
 
 def _copy_text(value: str | None) -> str:
@@ -124,11 +134,6 @@ def _copy_text(value: str | None) -> str:
 def _copy_payload(payload: bytes) -> bytes:
     # bytea in hex: `\x` and two digits a byte, its backslash doubled for COPY.
     return b"\\\\x" + binascii.hexlify(compress(payload))
-
-
-def copy_tail(correlation_id: str | None, received_at: datetime) -> bytes:
-    """The columns after the payload that every event of one request shares."""
-    return f"\t{_copy_text(correlation_id)}\t{received_at.isoformat()}".encode()
 
 
 # Events of one request mostly share their timestamp (the publisher stamps them "now"), and
@@ -148,8 +153,8 @@ def _iso(moment: datetime) -> str:
 
 
 def _typed_fields(row: EventRow) -> tuple[str, ...]:
-    (eid, time, source, stage, kind, user, amount, campaign, ad, age, gender) = row[:11]
-    (country, city, followers, device, action_time) = row[11:]
+    (eid, time, source, stage, kind, user, amount, campaign, age, gender) = row[:10]
+    (country, city, followers, device) = row[10:]
     return (
         eid,
         _iso(time),
@@ -159,34 +164,63 @@ def _typed_fields(row: EventRow) -> tuple[str, ...]:
         user,
         "" if amount is None else str(amount),
         campaign or "",
-        ad or "",
         "" if age is None else str(age),
         gender or "",
         country or "",
         city or "",
         "" if followers is None else str(followers),
         device or "",
-        "" if action_time is None else action_time.isoformat(),
     )
 
 
 _TEXT_SPECIAL = re.compile(r"[\\\n\r]")
 
 
-def copy_row(row: EventRow, payload: bytes, tail: bytes) -> bytes:
-    """One event as a line of COPY text (what the writers load), without its `stream_seq`:
-    `with_stream_seq` appends that once JetStream has numbered the message."""
+def copy_row(row: EventRow, payload: bytes) -> bytes:
+    """One event as the start of a line of COPY text (what the writers load): its typed
+    columns and payload. `with_delivery` appends what its bus message knows."""
     text = "\t".join(_typed_fields(row))
     # Nearly every value is plain text: one scan and a count of the tabs tell whether any
     # value holds a tab, a line end or a backslash, and only then is each one escaped.
     if text.count("\t") != _COPY_FIELDS - 1 or _TEXT_SPECIAL.search(text):
         text = "\t".join(map(_copy_text, _typed_fields(row)))
-    return b"".join((text.encode(), b"\t", _copy_payload(payload), tail, b"\n"))
+    return b"".join((text.encode(), b"\t", _copy_payload(payload), b"\n"))
 
 
-def with_stream_seq(lines: bytes, stream_seq: int | None) -> bytes:
-    """Lines of `copy_row` with their message's stream sequence as the last column."""
-    return lines.replace(b"\n", f"\t{_NULL if stream_seq is None else stream_seq}\n".encode())
+def _correlation_fields(correlation_id: str | None) -> str:
+    # 16 bytes in a uuid column instead of 37 in text, for every stored event.
+    if correlation_id is not None and len(correlation_id) == 36:
+        try:
+            if str(uuid.UUID(correlation_id)) == correlation_id:
+                return f"{correlation_id}\t{_NULL}"
+        except ValueError:
+            pass
+    return f"{_NULL}\t{_copy_text(correlation_id)}"
+
+
+def _current_layout(lines: bytes) -> bytes:
+    if lines[: lines.find(b"\n")].count(b"\t") != _LEGACY_FIELDS - 1:
+        return lines
+    current = []
+    for line in lines.split(b"\n"):
+        fields = line.split(b"\t")
+        if len(fields) == _LEGACY_FIELDS:
+            for index in _LEGACY_DROPPED:
+                del fields[index]
+            line = b"\t".join(fields)
+        if line:
+            current.append(line + b"\n")
+    return b"".join(current)
+
+
+def with_delivery(
+    lines: bytes, correlation_id: str | None, received_at: datetime, stream_seq: int | None
+) -> bytes:
+    """Lines of `copy_row` (or of the layout before migration 0013) completed with what their
+    bus message carries for all of them: correlation id, received time, stream sequence."""
+    seq = _NULL if stream_seq is None else str(stream_seq)
+    tail = f"\t{_correlation_fields(correlation_id)}\t{received_at.isoformat()}\t{seq}\n"
+    return _current_layout(lines).replace(b"\n", tail.encode())
 
 
 _COPY_UNESCAPE = re.compile(r"\\(.)")
@@ -199,14 +233,14 @@ def _copy_field(line: bytes, index: int) -> str:
     return _COPY_UNESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m[1], m[1]), text)
 
 
-def without_stream_seq(line: bytes) -> bytes:
-    """A line as the gateway encoded it: `with_stream_seq` undone, line end dropped."""
-    return line.rstrip(b"\n").rpartition(b"\t")[0]
+def without_delivery(line: bytes) -> bytes:
+    """A line as the gateway encoded it: `with_delivery` undone, line end dropped."""
+    return line.rstrip(b"\n").rsplit(b"\t", len(DELIVERY_COLUMNS))[0]
 
 
 def is_copy_line(line: bytes) -> bool:
-    """Whether `line` has the columns of a `copy_row` line (without `stream_seq`)."""
-    return line.rstrip(b"\n").count(b"\t") == len(COPY_COLUMNS) - 2
+    """Whether `line` has the columns of a `copy_row` line."""
+    return line.rstrip(b"\n").count(b"\t") == len(LINE_COLUMNS) - 1
 
 
 def copy_event_id(line: bytes) -> str:
@@ -229,9 +263,8 @@ def copy_payload_text(line: bytes) -> str:
 async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     """Store a batch in the caller's transaction; returns how many eventIds were new."""
     lines = [
-        with_stream_seq(
-            copy_row(e.row, e.payload.encode(), copy_tail(e.correlation_id, e.received_at)),
-            e.stream_seq,
+        with_delivery(
+            copy_row(e.row, e.payload.encode()), e.correlation_id, e.received_at, e.stream_seq
         )
         for e in events
     ]
@@ -239,7 +272,7 @@ async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
 
 
 async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
-    """Store COPY lines (`copy_row` + `with_stream_seq`) in the caller's transaction; returns
+    """Store COPY lines (`copy_row` + `with_delivery`) in the caller's transaction; returns
     how many eventIds were new."""
     if not conn.is_in_transaction():
         # The staging table empties at commit: outside a transaction nothing would be stored.

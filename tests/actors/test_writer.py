@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -47,10 +48,9 @@ def lines(items: list[Any]) -> bytes:
     return b"\n".join(orjson.dumps(item) for item in items)
 
 
-def event_lines(events: list[dict[str, Any]], correlation_id: str | None = "corr-w") -> bytes:
+def event_lines(events: list[dict[str, Any]]) -> bytes:
     """An event-lane body, as the gateway encodes it: one COPY line per event."""
-    tail = storage.copy_tail(correlation_id, datetime.fromisoformat(RECEIVED))
-    return b"".join(storage.copy_row(event_row(e), dump_json(e), tail) for e in events)
+    return b"".join(storage.copy_row(event_row(e), dump_json(e)) for e in events)
 
 
 def delivery(
@@ -160,7 +160,7 @@ async def test_stored_duplicate_and_rejected_counts(writer: Writer, database_mig
 async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrated: str) -> None:
     event = gen(2).facebook("checkout.complete")
     await writer.write(
-        [delivery("facebook", event_lines([event], "trace-1"), "m-1", stream_seq=77)]
+        [delivery("facebook", event_lines([event]), "m-1", stream_seq=77, correlation_id="trace-1")]
     )
     (row,) = await fetch_rows(
         database_migrated,
@@ -170,6 +170,56 @@ async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrate
     assert row["correlation_id"] == "trace-1"
     assert row["received_at"] == datetime.fromisoformat(RECEIVED)
     assert row["stream_seq"] == 77
+
+
+async def test_a_gateways_own_correlation_id_is_kept_as_a_uuid(
+    writer: Writer, database_migrated: str
+) -> None:
+    cid = str(uuid.uuid4())
+    events = [gen(3).facebook("ad.click"), gen(4).tiktok("like")]
+    await writer.write([delivery("facebook", event_lines(events), "m-u", correlation_id=cid)])
+    rows = await fetch_rows(
+        database_migrated, "SELECT correlation_uuid::text AS u, correlation_id FROM events"
+    )
+    assert [(r["u"], r["correlation_id"]) for r in rows] == [(cid, None)] * 2
+    conn = await asyncpg.connect(database_migrated)
+    try:
+        stored = await storage.fetch_event(conn, events[0]["eventId"])
+    finally:
+        await conn.close()
+    assert stored is not None and stored["correlation_id"] == cid
+
+
+def _legacy_line(event: dict[str, Any], correlation_id: str) -> bytes:
+    """A line as gateways before migration 0013 encoded it: `ad_id` and `action_time` among
+    the typed columns, the correlation id and received time after the payload."""
+    fields = storage.copy_row(event_row(event), dump_json(event)).rstrip(b"\n").split(b"\t")
+    engagement = event["data"]["engagement"]
+    fields.insert(8, engagement.get("adId", "").encode())
+    fields.insert(15, engagement.get("actionTime", "").encode())
+    return b"\t".join([*fields, correlation_id.encode(), RECEIVED.encode()]) + b"\n"
+
+
+async def test_lines_of_the_layout_before_0013_are_stored_as_they_were_meant(
+    writer: Writer, database_migrated: str
+) -> None:
+    g = gen(6)
+    events = [g.facebook("ad.click"), g.facebook("video.view"), g.tiktok("purchase")]
+    body = b"".join(_legacy_line(e, "old-gw") for e in events)
+    message = delivery("facebook", body, "m-old", stream_seq=9, correlation_id="old-gw")
+    assert (await writer.write([message])).stored == 3
+    rows = await fetch_rows(
+        database_migrated,
+        "SELECT event_id, device, campaign_id, payload, payload_json, correlation_id,"
+        " received_at, stream_seq FROM events ORDER BY event_id",
+    )
+    for event, row in zip(sorted(events, key=lambda e: e["eventId"]), rows, strict=True):
+        assert row["event_id"] == event["eventId"]
+        assert orjson.loads(storage.event_json(row)) == event
+        assert row["device"] == event_row(event).device
+        assert row["campaign_id"] == event_row(event).campaign_id
+        assert (row["correlation_id"], row["stream_seq"]) == ("old-gw", 9)
+        assert row["received_at"] == datetime.fromisoformat(RECEIVED)
 
 
 async def test_an_event_already_stored_by_an_earlier_write_is_a_duplicate(
@@ -228,7 +278,7 @@ async def test_a_line_postgresql_cannot_load_is_rejected_and_the_rest_stored(
 ) -> None:
     g = gen(5)
     good = [g.facebook() for _ in range(4)]
-    body = event_lines(good[:2], "c-u") + bad_line + event_lines(good[2:], "c-u")
+    body = event_lines(good[:2]) + bad_line + event_lines(good[2:])
     result = await writer.write([delivery("facebook", body, "m-u", correlation_id="c-u")])
     assert (result.stored, result.duplicates, result.rejected) == (4, 0, 1)
     assert await event_ids(database_migrated) == {e["eventId"] for e in good}

@@ -48,7 +48,7 @@ class FloorResult:
 
 def _columns_ddl() -> str:
     types = {"age": "integer", "followers": "bigint", "purchase_amount": "numeric"}
-    times = {"event_time", "action_time"}
+    times = {"event_time"}
     columns = [
         f"{name} {'timestamptz' if name in times else types.get(name, 'text')}"
         for name in EventRow._fields

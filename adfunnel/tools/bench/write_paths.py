@@ -24,6 +24,7 @@ import orjson
 from adfunnel import embedded, storage
 from adfunnel.schema import event_row
 from adfunnel.storage import EVENT_COLUMNS, StagedEvent
+from adfunnel.storage._payloads import compress
 from adfunnel.tools.generator import Generator
 
 _COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
@@ -36,15 +37,13 @@ _TYPES = (
     "text",
     "numeric",
     "text",
-    "text",
     "int",
     "text",
     "text",
     "text",
     "bigint",
     "text",
-    "timestamptz",
-    "jsonb",
+    "bytea",
     "text",
     "timestamptz",
     "bigint",
@@ -56,7 +55,10 @@ async def copy_merge(conn: Any, batch: list[StagedEvent]) -> None:
 
 
 def _records(batch: list[StagedEvent]) -> list[tuple[Any, ...]]:
-    return [(*e.row, e.payload, e.correlation_id, e.received_at, e.stream_seq) for e in batch]
+    return [
+        (*e.row, compress(e.payload.encode()), e.correlation_id, e.received_at, e.stream_seq)
+        for e in batch
+    ]
 
 
 async def executemany(conn: Any, batch: list[StagedEvent]) -> None:
