@@ -22,7 +22,7 @@ def stored(system: Deployed, ids: list[str]) -> dict[str, Any]:
     """Stored rows of these event ids, by id (count per id included)."""
     rows = db_fetch(
         system.settings["database_url"],
-        "SELECT event_id, count(*) OVER (PARTITION BY event_id) AS n, correlation_id,"
+        "SELECT event_id, user_id, count(*) OVER (PARTITION BY event_id) AS n, correlation_id,"
         " payload, payload_json FROM events WHERE event_id = ANY($1)",
         ids,
     )

@@ -31,17 +31,19 @@ STORED_CORRELATION_ID = "coalesce(correlation_uuid::text, correlation_id) AS cor
 async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
     """The stored event with its trace columns, or None; `event_json` reads its payload."""
     return await conn.fetchrow(
-        f"SELECT payload, payload_json, {STORED_CORRELATION_ID}, received_at, stored_at"
+        f"SELECT event_id, user_id, payload, payload_json, {STORED_CORRELATION_ID},"
+        " received_at, stored_at"
         " FROM events WHERE event_id = $1",
         event_id,
     )
 
 
 def event_json(row: Any) -> bytes:
-    """The JSON of a stored event, from a row with its `payload` and `payload_json`: the
-    compressed form, or the text of a row stored before payloads were compressed."""
+    """The JSON of a stored event, from a row with its `event_id`, `user_id`, `payload` and
+    `payload_json`: the compressed form, or the text of a row stored before payloads were
+    compressed."""
     if row["payload"] is not None:
-        return decompress(row["payload"])
+        return decompress(row["payload"], (row["event_id"], row["user_id"]))
     return str(row["payload_json"]).encode()
 
 

@@ -7,6 +7,11 @@ form too); PostgreSQL stores the bytes as they come; readers decompress. Every f
 its dictionary, so rows stay readable after a new dictionary is shipped
 (`python -m adfunnel.tools.train_dictionary`): a dictionary that compressed a row is never
 removed.
+
+The eventId and userId are random and so cost a third of the compressed bytes, while the
+row keeps both in its own columns anyway. So the gateway cuts them out of the bytes before
+compressing and records where they were, and a reader puts them back from the row. Rows
+stored before that hold a bare frame, whose first byte is never the marker's.
 """
 
 from __future__ import annotations
@@ -51,12 +56,89 @@ def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
     return made[dict_id]
 
 
-def compress(payload: bytes) -> bytes:
-    """An event's JSON bytes as a zstd frame naming the current dictionary."""
-    return _compressor().compress(payload)
+# First byte of a payload with ids cut out: then, per id, 1 + where it was (0: not found) as
+# a LEB128 varint, then the zstd frame of what is left.
+_CUT = 1
 
 
-def decompress(frame: bytes) -> bytes:
-    """The JSON bytes of a frame `compress` made (with whichever dictionary it names)."""
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Ids sit in the first few hundred bytes: their marks are looked up, not encoded each time.
+_SMALL_VARINTS = tuple(_encode_varint(value) for value in range(1 << 14))
+_CUT_MARK = bytes((_CUT,))
+
+
+def _varint(value: int) -> bytes:
+    return _SMALL_VARINTS[value] if value < 1 << 14 else _encode_varint(value)
+
+
+def _compress(data: bytes) -> bytes:
+    return _compressor().compress(data)
+
+
+def compress(payload: bytes, ids: tuple[str, ...] = ()) -> bytes:
+    """An event's JSON bytes compressed, as a zstd frame naming the current dictionary; with
+    `ids` (the row's eventId and userId) cut out of the bytes first when they occur in them."""
+    if not ids:
+        return _compressor().compress(payload)
+    if len(ids) == 2:
+        # The usual case, once per event: both ids in the payload, the eventId first.
+        try:
+            first, second = ids[0].encode(), ids[1].encode()
+        except UnicodeEncodeError:  # a lone surrogate: cut nothing
+            first = second = b""
+        at = payload.find(first) if first else -1
+        then = payload.find(second, at + len(first)) if at >= 0 and second else -1
+        if then >= 0:
+            rest = b"".join(
+                (payload[:at], payload[at + len(first) : then], payload[then + len(second) :])
+            )
+            return b"".join(
+                (_CUT_MARK, _varint(at + 1), _varint(then - len(first) + 1), _compress(rest))
+            )
+    marks = bytearray((_CUT,))
+    rest = payload
+    for value in ids:
+        cut = value.encode("utf-8", "surrogatepass")
+        at = rest.find(cut) if cut else -1
+        if at >= 0:
+            rest = rest[:at] + rest[at + len(cut) :]
+        marks += _varint(at + 1)
+    return bytes(marks) + _compressor().compress(rest)
+
+
+def decompress(blob: bytes, ids: tuple[str, ...] = ()) -> bytes:
+    """The JSON bytes `compress` was given: `ids` must be the ones it was given."""
+    if blob[:1] != bytes((_CUT,)):
+        return _frame(blob)
+    if not ids:
+        raise ValueError("a payload with its ids cut out needs them back")
+    places = []
+    position = 1
+    for _ in ids:
+        place = shift = 0
+        while True:
+            byte = blob[position]
+            position += 1
+            place |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        places.append(place)
+    text = _frame(blob[position:])
+    for value, place in reversed(list(zip(ids, places, strict=True))):
+        if place:
+            text = text[: place - 1] + value.encode("utf-8", "surrogatepass") + text[place - 1 :]
+    return text
+
+
+def _frame(frame: bytes) -> bytes:
     dict_id = zstandard.get_frame_parameters(frame).dict_id
     return _decompressor(dict_id).decompress(frame)

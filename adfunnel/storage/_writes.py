@@ -131,9 +131,9 @@ def _copy_text(value: str | None) -> str:
     return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
 
 
-def _copy_payload(payload: bytes) -> bytes:
+def _copy_payload(payload: bytes, row: EventRow) -> bytes:
     # bytea in hex: `\x` and two digits a byte, its backslash doubled for COPY.
-    return b"\\\\x" + binascii.hexlify(compress(payload))
+    return b"\\\\x" + binascii.hexlify(compress(payload, (row[0], row[5])))
 
 
 # Events of one request mostly share their timestamp (the publisher stamps them "now"), and
@@ -184,7 +184,7 @@ def copy_row(row: EventRow, payload: bytes) -> bytes:
     # value holds a tab, a line end or a backslash, and only then is each one escaped.
     if text.count("\t") != _COPY_FIELDS - 1 or _TEXT_SPECIAL.search(text):
         text = "\t".join(map(_copy_text, _typed_fields(row)))
-    return b"".join((text.encode(), b"\t", _copy_payload(payload), b"\n"))
+    return b"".join((text.encode(), b"\t", _copy_payload(payload, row), b"\n"))
 
 
 def _correlation_fields(correlation_id: str | None) -> str:
@@ -254,9 +254,10 @@ def copy_payload_text(line: bytes) -> str:
     if not is_copy_line(line):
         return line.rstrip(b"\n").decode("utf-8", errors="replace")
     field = _copy_field(line, COPY_COLUMNS.index("payload"))
+    ids = (_copy_field(line, 0), _copy_field(line, EVENT_COLUMNS.index("user_id")))
     try:
-        return decompress(binascii.unhexlify(field.removeprefix("\\x"))).decode()
-    except (ValueError, zstandard.ZstdError):
+        return decompress(binascii.unhexlify(field.removeprefix("\\x")), ids).decode()
+    except (ValueError, IndexError, zstandard.ZstdError):
         return field  # not a payload this code wrote: kept as it is
 
 

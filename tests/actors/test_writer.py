@@ -164,7 +164,8 @@ async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrate
     )
     (row,) = await fetch_rows(
         database_migrated,
-        "SELECT payload, payload_json, correlation_id, received_at, stream_seq FROM events",
+        "SELECT event_id, user_id, payload, payload_json, correlation_id, received_at,"
+        " stream_seq FROM events",
     )
     assert orjson.loads(storage.event_json(row)) == event
     assert row["correlation_id"] == "trace-1"
@@ -210,7 +211,7 @@ async def test_lines_of_the_layout_before_0013_are_stored_as_they_were_meant(
     assert (await writer.write([message])).stored == 3
     rows = await fetch_rows(
         database_migrated,
-        "SELECT event_id, device, campaign_id, payload, payload_json, correlation_id,"
+        "SELECT event_id, user_id, device, campaign_id, payload, payload_json, correlation_id,"
         " received_at, stream_seq FROM events ORDER BY event_id",
     )
     for event, row in zip(sorted(events, key=lambda e: e["eventId"]), rows, strict=True):
@@ -363,7 +364,9 @@ async def test_a_nul_escape_in_the_payload_is_stored_as_sent(
     poison = _poisoned(where)
     result = await writer.write([delivery("facebook", event_lines([poison]), "m-nul")])
     assert (result.stored, result.rejected) == (1, 0)
-    (row,) = await fetch_rows(database_migrated, "SELECT payload, payload_json FROM events")
+    (row,) = await fetch_rows(
+        database_migrated, "SELECT event_id, user_id, payload, payload_json FROM events"
+    )
     assert orjson.loads(storage.event_json(row)) == poison
 
 
@@ -409,7 +412,9 @@ async def test_an_integer_beyond_64_bits_in_an_extra_field_is_stored_exactly(
     event["bigCounter"] = 123456789012345678901234567890
     result = await writer.write([delivery("facebook", event_lines([event]), "m-big")])
     assert (result.stored, result.rejected) == (1, 0)
-    (row,) = await fetch_rows(database_migrated, "SELECT payload, payload_json FROM events")
+    (row,) = await fetch_rows(
+        database_migrated, "SELECT event_id, user_id, payload, payload_json FROM events"
+    )
     assert b"123456789012345678901234567890" in storage.event_json(row)
 
 

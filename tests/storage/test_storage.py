@@ -74,7 +74,8 @@ async def insert(pool: asyncpg.Pool, events: list[StagedEvent]) -> int:
 
 async def stored(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
     row = await pool.fetchrow(
-        "SELECT payload, payload_json, received_at, stored_at, stream_seq, correlation_id,"
+        "SELECT event_id, user_id, payload, payload_json, received_at, stored_at, stream_seq,"
+        " correlation_id,"
         " event_type FROM events WHERE event_id = $1",
         event_id,
     )
