@@ -182,6 +182,14 @@ def encode_batch(
     return chunks
 
 
+def message_events(headers: dict[str, str] | None) -> int:
+    """How many events a fetched message says it carries (1 when it does not say)."""
+    try:
+        return max(1, int((headers or {}).get(HEADER_COUNT, 1)))
+    except ValueError:
+        return 1
+
+
 def decode_lines(body: bytes) -> list[bytes]:
     """The lines of one bus message, without their line ends."""
     return [line for line in body.split(b"\n") if line]
