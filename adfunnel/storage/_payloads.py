@@ -71,38 +71,41 @@ def _encode_varint(value: int) -> bytes:
 
 
 # Ids sit in the first few hundred bytes: their marks are looked up, not encoded each time.
-_SMALL_VARINTS = tuple(_encode_varint(value) for value in range(1 << 14))
+_SMALL = 1 << 14
+_SMALL_VARINTS = tuple(_encode_varint(value) for value in range(_SMALL))
 _CUT_MARK = bytes((_CUT,))
 
 
 def _varint(value: int) -> bytes:
-    return _SMALL_VARINTS[value] if value < 1 << 14 else _encode_varint(value)
-
-
-def _compress(data: bytes) -> bytes:
-    return _compressor().compress(data)
+    return _SMALL_VARINTS[value] if value < _SMALL else _encode_varint(value)
 
 
 def compress(payload: bytes, ids: tuple[str, ...] = ()) -> bytes:
     """An event's JSON bytes compressed, as a zstd frame naming the current dictionary; with
     `ids` (the row's eventId and userId) cut out of the bytes first when they occur in them."""
-    if not ids:
-        return _compressor().compress(payload)
+    compressor = _compressor()
     if len(ids) == 2:
         # The usual case, once per event: both ids in the payload, the eventId first.
         try:
             first, second = ids[0].encode(), ids[1].encode()
-        except UnicodeEncodeError:  # a lone surrogate: cut nothing
+        except UnicodeEncodeError:  # a lone surrogate: the general case below
             first = second = b""
-        at = payload.find(first) if first else -1
-        then = payload.find(second, at + len(first)) if at >= 0 and second else -1
-        if then >= 0:
-            rest = b"".join(
-                (payload[:at], payload[at + len(first) : then], payload[then + len(second) :])
-            )
+        at = payload.find(first) if first and second else -1
+        after = at + len(first)
+        then = payload.find(second, after) if at >= 0 else -1
+        if 0 <= then < _SMALL:
             return b"".join(
-                (_CUT_MARK, _varint(at + 1), _varint(then - len(first) + 1), _compress(rest))
+                (
+                    _CUT_MARK,
+                    _SMALL_VARINTS[at + 1],
+                    _SMALL_VARINTS[then - len(first) + 1],
+                    compressor.compress(
+                        payload[:at] + payload[after:then] + payload[then + len(second) :]
+                    ),
+                )
             )
+    elif not ids:
+        return compressor.compress(payload)
     marks = bytearray((_CUT,))
     rest = payload
     for value in ids:
@@ -111,7 +114,7 @@ def compress(payload: bytes, ids: tuple[str, ...] = ()) -> bytes:
         if at >= 0:
             rest = rest[:at] + rest[at + len(cut) :]
         marks += _varint(at + 1)
-    return bytes(marks) + _compressor().compress(rest)
+    return bytes(marks) + compressor.compress(rest)
 
 
 def decompress(blob: bytes, ids: tuple[str, ...] = ()) -> bytes:
