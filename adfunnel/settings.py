@@ -48,12 +48,12 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(None, gt=0)
     writer_pool_size: int = Field(2, gt=0)
     consumers_per_source: int = Field(1, gt=0)
-    fetch_batch_messages: int = Field(16, gt=0)
+    fetch_batch_messages: int = Field(32, gt=0)
     # Each batch costs PostgreSQL a fixed few milliseconds besides its events (planning the
     # triggers' statements, the commit): a fetch that found only a few messages waits up to
     # `batch_linger_s` for more, until the batch holds `batch_target_events`.
-    batch_target_events: int = Field(15_000, gt=0)
-    batch_linger_s: float = Field(0.5, ge=0)
+    batch_target_events: int = Field(20_000, gt=0)
+    batch_linger_s: float = Field(1.0, ge=0)
     # A message whose write keeps failing for any reason but a storage outage goes to the
     # rejected store after this many deliveries (poison).
     max_deliver: int = Field(10, gt=1)
