@@ -56,7 +56,13 @@ async def copy_merge(conn: Any, batch: list[StagedEvent]) -> None:
 
 def _records(batch: list[StagedEvent]) -> list[tuple[Any, ...]]:
     return [
-        (*e.row, compress(e.payload.encode()), e.correlation_id, e.received_at, e.stream_seq)
+        (
+            *e.row,
+            compress(e.payload.encode(), (e.row[0], e.row[5])),
+            e.correlation_id,
+            e.received_at,
+            e.stream_seq,
+        )
         for e in batch
     ]
 
