@@ -28,6 +28,7 @@ from adfunnel.errors import StorageUnavailable
 from adfunnel.schema import dump_json, parse_timestamp
 from adfunnel.settings import Settings
 from adfunnel.storage import (
+    MessageTrace,
     RejectedRow,
     copy_event_id,
     copy_payload_text,
@@ -82,15 +83,15 @@ class WriteResult:
 @dataclass(slots=True)
 class Decoded:
     """A delivery made ready to write: COPY lines of events (already what the gateway
-    encoded, now with their stream sequence), or rows of the rejected store."""
+    encoded, now with their received time and stream sequence) and their message's trace,
+    or rows of the rejected store."""
 
     lines: bytes
     count: int
     rejected: list[RejectedRow]
     lane: str
     msg_id: str
-    correlation_id: str | None
-    received_at: datetime
+    trace: MessageTrace
 
 
 def _received(delivery: Delivery) -> datetime:
@@ -116,11 +117,10 @@ def _poison(delivery: Delivery, index: int, line: bytes, reason: str) -> Rejecte
 def decode(delivery: Delivery) -> Decoded:
     """What one delivery writes: its events' COPY lines, or its rejections' rows."""
     received_at = _received(delivery)
-    out = Decoded(b"", 0, [], delivery.lane, delivery.msg_id, delivery.correlation_id, received_at)
+    trace = MessageTrace(received_at, delivery.stream_seq, delivery.correlation_id)
+    out = Decoded(b"", 0, [], delivery.lane, delivery.msg_id, trace)
     if delivery.lane != "rejected":
-        out.lines = with_delivery(
-            delivery.body, delivery.correlation_id, received_at, delivery.stream_seq
-        )
+        out.lines = with_delivery(delivery.body, received_at, delivery.stream_seq)
         out.count = delivery.body.count(b"\n")
         return out
     for index, line in enumerate(decode_lines(delivery.body)):
@@ -225,12 +225,13 @@ class Writer:
 
     async def _write_all(self, pool: asyncpg.Pool, decoded: Sequence[Decoded]) -> WriteResult:
         chunks = [one.lines for one in decoded if one.count]
+        traces = [one.trace for one in decoded if one.count]
         events = sum(one.count for one in decoded)
         rejected = [row for one in decoded for row in one.rejected]
         async with pool.acquire() as conn:
             try:
                 async with conn.transaction():
-                    stored = await insert_copy(conn, chunks) if chunks else 0
+                    stored = await insert_copy(conn, chunks, traces) if chunks else 0
                     await insert_rejected(conn, rejected)
             except Exception as error:
                 # A backend that died mid-query can surface as a client-internal error;
@@ -266,8 +267,8 @@ class Writer:
                     batch_index=None,
                     payload=None,
                     raw=copy_payload_text(sent),
-                    correlation_id=decoded.correlation_id,
-                    received_at=decoded.received_at,
+                    correlation_id=decoded.trace.correlation_id,
+                    received_at=decoded.trace.received_at,
                 )
                 result.add(await self._write_rejected_one(pool, row))
         for row in decoded.rejected:

@@ -105,7 +105,7 @@ def test_mixed_traffic_then_restart_on_the_same_data(ray_cluster: str, tmp_path:
         wait_until(lambda: system.total() >= unique_valid, timeout=180, what="all stored")
         assert system.total() == unique_valid
         database_url = system.endpoints().database_url
-        rows = db_fetch(database_url, "SELECT event_id, correlation_id FROM events")
+        rows = db_fetch(database_url, "SELECT event_id, correlation_id FROM event_traces")
         assert {r["event_id"]: r["correlation_id"] for r in rows} == first_cid
         rejected_total = sum(post[3] for post in posts)
         wait_until(

@@ -193,7 +193,7 @@ def test_one_correlation_id_is_followed_from_the_post_to_the_stored_row(
     def rows() -> list[Any] | None:
         found = db_fetch(
             system.settings["database_url"],
-            "SELECT correlation_id FROM events WHERE event_id = ANY($1)",
+            "SELECT correlation_id FROM event_traces WHERE event_id = ANY($1)",
             ids,
         )
         return found if len(found) == 300 else None

@@ -89,7 +89,7 @@ def test_repaired_rejections_are_stored_once_and_remember_their_replay(system: D
     ids = [event["eventId"] for event in aliens]
     stored = db_fetch(
         database,
-        "SELECT event_id, user_id, correlation_id, payload, payload_json FROM events"
+        "SELECT event_id, user_id, correlation_id, payload, payload_json FROM event_traces"
         " WHERE event_id = ANY($1)",
         ids,
     )

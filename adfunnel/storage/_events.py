@@ -24,16 +24,11 @@ if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
 
 
-# A stored event's correlation id, in whichever column migration 0013 put it.
-STORED_CORRELATION_ID = "coalesce(correlation_uuid::text, correlation_id) AS correlation_id"
-
-
 async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
     """The stored event with its trace columns, or None; `event_json` reads its payload."""
     return await conn.fetchrow(
-        f"SELECT event_id, user_id, payload, payload_json, {STORED_CORRELATION_ID},"
-        " received_at, stored_at"
-        " FROM events WHERE event_id = $1",
+        "SELECT event_id, user_id, payload, payload_json, correlation_id, received_at,"
+        " stored_at FROM event_traces WHERE event_id = $1",
         event_id,
     )
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from adfunnel.storage._events import STORED_CORRELATION_ID
 from adfunnel.storage._filters import EventFilters, Params, filter_conditions, range_conditions
 
 if TYPE_CHECKING:
@@ -87,7 +86,7 @@ async def record_replays(
 async def stored_under(conn: Conn, event_ids: Sequence[str]) -> dict[str, str | None]:
     """eventId → the correlation id it is stored under, for those of `event_ids` stored."""
     rows = await conn.fetch(
-        f"SELECT event_id, {STORED_CORRELATION_ID} FROM events WHERE event_id = ANY($1::text[])",
+        "SELECT event_id, correlation_id FROM event_traces WHERE event_id = ANY($1::text[])",
         list(event_ids),
     )
     return {row["event_id"]: row["correlation_id"] for row in rows}

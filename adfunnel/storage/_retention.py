@@ -33,6 +33,12 @@ _EXPIRED_REJECTED = (
     "SELECT id FROM rejected_events WHERE received_at < $1 LIMIT $2))"
 )
 
+# A message's trace goes once the latest of its events has.
+_EXPIRED_DELIVERIES = (
+    "DELETE FROM deliveries WHERE ctid = ANY(ARRAY("
+    "SELECT ctid FROM deliveries WHERE last_event_time < $1 LIMIT $2))"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Expired:
@@ -83,4 +89,5 @@ async def expire(
         return Expired(before, int(events), int(rejected))
     events = await _delete_batches(conn, _EXPIRED_EVENTS, before, batch)
     rejected = await _delete_batches(conn, _EXPIRED_REJECTED, before, batch)
+    await _delete_batches(conn, _EXPIRED_DELIVERIES, before, batch)
     return Expired(before, events, rejected)

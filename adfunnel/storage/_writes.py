@@ -26,20 +26,19 @@ if TYPE_CHECKING:
 
 EVENT_COLUMNS = EventRow._fields
 # What a writer COPYs per event: the typed columns and the payload, which the gateway
-# encodes, then what every event of one bus message shares, which the writer appends from the
-# message's headers and JetStream's sequence (`with_delivery`). The correlation id goes in
-# `correlation_uuid` when it is a UUID in its canonical text (the gateway's own), else in
-# `correlation_id`. `seq` (the order of the rows in the COPY) is filled by the staging table.
+# encodes, then what orders the copies of one eventId (received time, stream sequence),
+# which the writer appends from its bus message (`with_delivery`). What else a message's
+# events share, its correlation id and stored time, is one `deliveries` row per message
+# (migration 0015). `seq` (the order of the rows in the COPY) is filled by the staging table.
 LINE_COLUMNS = (*EVENT_COLUMNS, "payload")
-DELIVERY_COLUMNS = ("correlation_uuid", "correlation_id", "received_at", "stream_seq")
+DELIVERY_COLUMNS = ("received_at", "stream_seq")
 COPY_COLUMNS = (*LINE_COLUMNS, *DELIVERY_COLUMNS)
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS events_staging (
     event_id text COLLATE "C", event_time timestamptz, source text, funnel_stage text,
     event_type text, user_id text, purchase_amount numeric, campaign_id text, age integer,
     gender text, country text, city text, followers bigint, device text, payload bytea,
-    correlation_uuid uuid, correlation_id text, received_at timestamptz, stream_seq bigint,
-    seq bigint GENERATED ALWAYS AS IDENTITY
+    received_at timestamptz, stream_seq bigint, seq bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 """
 _DEADLOCK_RETRIES = 5
@@ -58,12 +57,25 @@ WITH written AS (
     FROM events_staging
     ORDER BY event_id, received_at, stream_seq, seq
     ON CONFLICT (event_id) DO UPDATE
-    SET ({_STORED_LIST}, stored_at, payload_json) = (
-        {", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)}, clock_timestamp(), NULL)
+    SET ({_STORED_LIST}, stored_at, correlation_uuid, correlation_id, payload_json) = (
+        {", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)}, NULL, NULL, NULL, NULL)
     WHERE (e.received_at, e.stream_seq) > (EXCLUDED.received_at, EXCLUDED.stream_seq)
     RETURNING e.xmax = 0 AS new
 )
 SELECT count(*) FILTER (WHERE new) FROM written
+"""
+# One row per bus message of the batch, after its events: the stored time is then as late
+# in the transaction as the events' own. A redelivered message keeps its first row.
+_INSERT_DELIVERIES = """
+INSERT INTO deliveries
+    (received_at, stream_seq, correlation_uuid, correlation_id, last_event_time)
+SELECT m.received_at, m.stream_seq, m.correlation_uuid, m.correlation_id, s.last_event_time
+FROM unnest($1::timestamptz[], $2::bigint[], $3::uuid[], $4::text[])
+    AS m (received_at, stream_seq, correlation_uuid, correlation_id)
+JOIN (SELECT received_at, stream_seq, max(event_time) AS last_event_time
+      FROM events_staging GROUP BY 1, 2) s
+    ON s.received_at = m.received_at AND s.stream_seq IS NOT DISTINCT FROM m.stream_seq
+ON CONFLICT DO NOTHING
 """
 _REJECTED_COLUMNS = (
     "dedup_key",
@@ -95,6 +107,15 @@ class StagedEvent:
     correlation_id: str | None
     received_at: datetime
     stream_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTrace:
+    """What the events of one bus message share: kept once, as a `deliveries` row."""
+
+    received_at: datetime
+    stream_seq: int | None
+    correlation_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,15 +209,15 @@ def copy_row(row: EventRow, payload: bytes) -> bytes:
     return b"".join((text.encode(), b"\t", _copy_payload(payload, row), b"\n"))
 
 
-def _correlation_fields(correlation_id: str | None) -> str:
-    # 16 bytes in a uuid column instead of 37 in text, for every stored event.
+def _correlation_columns(correlation_id: str | None) -> tuple[str | None, str | None]:
+    # 16 bytes in a uuid column instead of 37 in text.
     if correlation_id is not None and len(correlation_id) == 36:
         try:
             if str(uuid.UUID(correlation_id)) == correlation_id:
-                return f"{correlation_id}\t{_NULL}"
+                return correlation_id, None
         except ValueError:
             pass
-    return f"{_NULL}\t{_copy_text(correlation_id)}"
+    return None, correlation_id
 
 
 def _current_layout(lines: bytes) -> bytes:
@@ -214,13 +235,11 @@ def _current_layout(lines: bytes) -> bytes:
     return b"".join(current)
 
 
-def with_delivery(
-    lines: bytes, correlation_id: str | None, received_at: datetime, stream_seq: int | None
-) -> bytes:
+def with_delivery(lines: bytes, received_at: datetime, stream_seq: int | None) -> bytes:
     """Lines of `copy_row` (or of the layout before migration 0013) completed with what their
-    bus message carries for all of them: correlation id, received time, stream sequence."""
+    bus message gives each of them: received time and stream sequence."""
     seq = _NULL if stream_seq is None else str(stream_seq)
-    tail = f"\t{_correlation_fields(correlation_id)}\t{received_at.isoformat()}\t{seq}\n"
+    tail = f"\t{received_at.isoformat()}\t{seq}\n"
     return _current_layout(lines).replace(b"\n", tail.encode())
 
 
@@ -265,17 +284,24 @@ def copy_payload_text(line: bytes) -> str:
 async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     """Store a batch in the caller's transaction; returns how many eventIds were new."""
     lines = [
-        with_delivery(
-            copy_row(e.row, e.payload.encode()), e.correlation_id, e.received_at, e.stream_seq
-        )
+        with_delivery(copy_row(e.row, e.payload.encode()), e.received_at, e.stream_seq)
         for e in events
     ]
-    return await insert_copy(conn, lines)
+    # Events with the same received time and stream sequence came in one message.
+    traces: dict[tuple[datetime, int | None], MessageTrace] = {}
+    for e in events:
+        trace = traces.setdefault(
+            (e.received_at, e.stream_seq),
+            MessageTrace(e.received_at, e.stream_seq, e.correlation_id),
+        )
+        if trace.correlation_id != e.correlation_id:
+            raise ValueError(f"one message, two correlation ids: {trace} and {e.correlation_id}")
+    return await insert_copy(conn, lines, list(traces.values()))
 
 
-async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
-    """Store COPY lines (`copy_row` + `with_delivery`) in the caller's transaction; returns
-    how many eventIds were new."""
+async def insert_copy(conn: Conn, chunks: Sequence[bytes], traces: Sequence[MessageTrace]) -> int:
+    """Store COPY lines (`copy_row` + `with_delivery`) in the caller's transaction, with the
+    traces of the messages they came in; returns how many eventIds were new."""
     if not conn.is_in_transaction():
         # The staging table empties at commit: outside a transaction nothing would be stored.
         raise RuntimeError("storing events needs the caller's transaction")
@@ -296,11 +322,20 @@ async def insert_copy(conn: Conn, chunks: Sequence[bytes]) -> int:
     for attempt in range(_DEADLOCK_RETRIES):
         try:
             async with conn.transaction():  # a savepoint inside the caller's transaction
-                return int(await conn.fetchval(_UPSERT_STAGED))
+                stored = int(await conn.fetchval(_UPSERT_STAGED))
+            break
         except asyncpg.DeadlockDetectedError:
             if attempt == _DEADLOCK_RETRIES - 1:
                 raise
-    raise AssertionError("unreachable")
+    correlations = [_correlation_columns(t.correlation_id) for t in traces]
+    await conn.execute(
+        _INSERT_DELIVERIES,
+        [t.received_at for t in traces],
+        [t.stream_seq for t in traces],
+        [c[0] for c in correlations],
+        [c[1] for c in correlations],
+    )
+    return stored
 
 
 async def insert_rejected(conn: Conn, rows: Sequence[RejectedRow]) -> int:

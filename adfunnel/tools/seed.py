@@ -69,6 +69,8 @@ def _batch(
     generator: Generator, rng: random.Random, plan: SeedPlan, start: datetime, size: int
 ) -> list[StagedEvent]:
     window = plan.days * 86_400
+    # A batch is received at once, like a bus message: it shares one trace row.
+    received = datetime.now(UTC)
     out: list[StagedEvent] = []
     for _ in range(size):
         if out and rng.random() < plan.duplicate_share:
@@ -76,7 +78,6 @@ def _batch(
             continue
         at = start + timedelta(seconds=rng.random() * window)
         event = generator.event(at=at)
-        received = at + timedelta(milliseconds=rng.randrange(50, 5_000))
         out.append(
             StagedEvent(event_row(event), orjson.dumps(event).decode(), "seed", received, None)
         )

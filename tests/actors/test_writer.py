@@ -112,7 +112,7 @@ async def snapshot(database: str) -> tuple[list[Any], list[Any]]:
     events = await fetch_rows(
         database,
         "SELECT event_id, payload::text, received_at, stored_at, stream_seq, correlation_id"
-        " FROM events ORDER BY event_id",
+        " FROM event_traces ORDER BY event_id",
     )
     rejected = await fetch_rows(database, "SELECT * FROM rejected_events ORDER BY id")
     return [tuple(r) for r in events], [tuple(r) for r in rejected]
@@ -165,24 +165,31 @@ async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrate
     (row,) = await fetch_rows(
         database_migrated,
         "SELECT event_id, user_id, payload, payload_json, correlation_id, received_at,"
-        " stream_seq FROM events",
+        " stream_seq, stored_at FROM event_traces",
     )
     assert orjson.loads(storage.event_json(row)) == event
     assert row["correlation_id"] == "trace-1"
     assert row["received_at"] == datetime.fromisoformat(RECEIVED)
     assert row["stream_seq"] == 77
+    assert row["stored_at"] > row["received_at"]
 
 
-async def test_a_gateways_own_correlation_id_is_kept_as_a_uuid(
+async def test_a_gateways_own_correlation_id_is_kept_once_per_message_as_a_uuid(
     writer: Writer, database_migrated: str
 ) -> None:
     cid = str(uuid.uuid4())
     events = [gen(3).facebook("ad.click"), gen(4).tiktok("like")]
     await writer.write([delivery("facebook", event_lines(events), "m-u", correlation_id=cid)])
     rows = await fetch_rows(
-        database_migrated, "SELECT correlation_uuid::text AS u, correlation_id FROM events"
+        database_migrated, "SELECT correlation_uuid::text AS u, correlation_id FROM deliveries"
     )
-    assert [(r["u"], r["correlation_id"]) for r in rows] == [(cid, None)] * 2
+    assert [(r["u"], r["correlation_id"]) for r in rows] == [(cid, None)]
+    (row,) = await fetch_rows(
+        database_migrated,
+        "SELECT count(*) AS n FROM events"
+        " WHERE correlation_uuid IS NULL AND correlation_id IS NULL AND stored_at IS NULL",
+    )
+    assert row["n"] == 2  # nothing of the trace in the event rows themselves
     conn = await asyncpg.connect(database_migrated)
     try:
         stored = await storage.fetch_event(conn, events[0]["eventId"])
@@ -212,7 +219,7 @@ async def test_lines_of_the_layout_before_0013_are_stored_as_they_were_meant(
     rows = await fetch_rows(
         database_migrated,
         "SELECT event_id, user_id, device, campaign_id, payload, payload_json, correlation_id,"
-        " received_at, stream_seq FROM events ORDER BY event_id",
+        " received_at, stream_seq FROM event_traces ORDER BY event_id",
     )
     for event, row in zip(sorted(events, key=lambda e: e["eventId"]), rows, strict=True):
         assert row["event_id"] == event["eventId"]

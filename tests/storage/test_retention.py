@@ -103,9 +103,28 @@ async def test_expired_rows_go_and_whole_buckets_keep_their_numbers(database: st
             fast = await storage.demographic_counts(conn, everything, source)
             naive = await storage.naive_demographic_counts(conn, everything, source)
             assert sorted(map(tuple, fast), key=repr) == sorted(map(tuple, naive), key=repr)
+        # The traces of the expired events' messages went with them; the rest keep theirs.
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1_500
+        assert await conn.fetchval("SELECT count(*) FROM event_traces WHERE stored_at IS NULL") == 0
         # A second run finds nothing more.
         again = await storage.expire(conn, CUTOFF)
         assert (again.events, again.rejected) == (0, 0)
+    await pool.close()
+
+
+async def test_a_message_keeps_its_trace_while_any_of_its_events_is_kept(database: str) -> None:
+    generator = Generator(seed=5)
+    old, recent = generator.event(at=OLD_DAY), generator.event(at=NOW - timedelta(hours=2))
+    pool = await storage.create_pool(database, size=1)
+    async with pool.acquire() as conn:
+        await storage.migrate(conn)
+        async with conn.transaction():
+            await storage.insert_events(conn, [staged(old, 1), staged(recent, 1)])
+        assert (await storage.expire(conn, CUTOFF)).events == 1
+        assert await storage.fetch_event(conn, old["eventId"]) is None
+        kept = await storage.fetch_event(conn, recent["eventId"])
+        assert kept is not None and kept["correlation_id"] == "c"
+        assert kept["stored_at"] is not None
     await pool.close()
 
 

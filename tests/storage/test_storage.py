@@ -76,7 +76,7 @@ async def stored(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
     row = await pool.fetchrow(
         "SELECT event_id, user_id, payload, payload_json, received_at, stored_at, stream_seq,"
         " correlation_id,"
-        " event_type FROM events WHERE event_id = $1",
+        " event_type FROM event_traces WHERE event_id = $1",
         event_id,
     )
     assert row is not None, event_id
@@ -163,12 +163,12 @@ async def test_typed_columns_are_stored(pool: asyncpg.Pool) -> None:
     checkout = g.facebook("checkout.complete")
     checkout["data"]["engagement"]["purchaseAmount"] = "1234.56"
     view = g.tiktok("video.view")
-    await insert(pool, [staged(checkout), staged(view, correlation_id=None)])
+    await insert(pool, [staged(checkout), staged(view, correlation_id=None, stream_seq=2)])
     rows = {
         r["event_id"]: r
         for r in await pool.fetch(
             "SELECT event_id, event_time, source, funnel_stage, event_type, purchase_amount,"
-            " campaign_id, age, country, followers, device, correlation_id FROM events"
+            " campaign_id, age, country, followers, device, correlation_id FROM event_traces"
         )
     }
     fb, tt = rows[checkout["eventId"]], rows[view["eventId"]]
@@ -298,12 +298,13 @@ async def test_copy_escapes_round_trip_every_typed_column_and_the_payload(
     assert b"\n" in raw and b"\t" in raw
     line = storage.copy_row(schema.event_row(event), raw)
     async with pool.acquire() as conn, conn.transaction():
-        lines = storage.with_delivery(line, text, RECEIVED, 3)
+        lines = storage.with_delivery(line, RECEIVED, 3)
         assert storage.without_delivery(lines) == line.rstrip(b"\n")
-        assert await storage.insert_copy(conn, [lines]) == 1
+        trace = storage.MessageTrace(RECEIVED, 3, text)
+        assert await storage.insert_copy(conn, [lines], [trace]) == 1
     row = await pool.fetchrow(
         "SELECT event_id, user_id, country, city, campaign_id, correlation_id,"
-        " payload, payload_json, stream_seq FROM events"
+        " payload, payload_json, stream_seq FROM event_traces"
     )
     assert row is not None
     assert row["event_id"] == event["eventId"]

@@ -623,7 +623,7 @@ async def _freshness(database_url: str, summary: PublishSummary, plan: BenchPlan
     try:
         rows = await conn.fetch(
             "SELECT event_id, extract(epoch FROM stored_at)::float8 AS stored"
-            " FROM events WHERE event_id = ANY($1)",
+            " FROM event_traces WHERE event_id = ANY($1)",
             list(sent),
         )
     finally:

@@ -61,7 +61,9 @@ def main() -> None:
             what="all events visible",
         )
         visible = time.perf_counter() - t0
-    last = db_fetch(dsn, "SELECT max(stored_at) AS t FROM events WHERE event_id = ANY($1)", ids)
+    last = db_fetch(
+        dsn, "SELECT max(stored_at) AS t FROM event_traces WHERE event_id = ANY($1)", ids
+    )
     committed = (last[0]["t"] - started).total_seconds()
     mb = sum(len(b) for b in bodies) / 1e6
     print(

@@ -97,8 +97,8 @@ METHODS: dict[str, Callable[[Any, list[StagedEvent]], Awaitable[None]]] = {
 async def run(dsn: str, rows: int, batch_size: int) -> None:
     received = datetime.now(UTC)
     events = [
-        StagedEvent(event_row(e), orjson.dumps(e).decode(), "bench", received, i)
-        for i, e in enumerate(Generator(seed=1).batch(rows))
+        StagedEvent(event_row(e), orjson.dumps(e).decode(), "bench", received, None)
+        for e in Generator(seed=1).batch(rows)
     ]
     batches = [events[i : i + batch_size] for i in range(0, rows, batch_size)]
     print(f"{rows} rows in batches of {batch_size}")
