@@ -19,6 +19,7 @@ from adfunnel.storage._filters import (
     where_clause,
 )
 from adfunnel.storage._payloads import decompress
+from adfunnel.storage._writes import event_key
 
 if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
@@ -28,7 +29,8 @@ async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
     """The stored event with its trace columns, or None; `event_json` reads its payload."""
     return await conn.fetchrow(
         "SELECT event_id, user_id, payload, payload_json, correlation_id, received_at,"
-        " stored_at FROM event_traces WHERE event_id = $1",
+        " stored_at FROM event_traces WHERE event_key = $1 AND event_id = $2",
+        event_key(event_id),
         event_id,
     )
 

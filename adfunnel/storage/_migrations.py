@@ -22,8 +22,9 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: Conn) -> list[int]:
-    """Apply pending migrations under an advisory lock; returns the versions applied now."""
+async def migrate(conn: Conn, *, until: int | None = None) -> list[int]:
+    """Apply pending migrations under an advisory lock; returns the versions applied now.
+    `until` stops after that version (tests of an upgrade start from an older schema)."""
     applied: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
@@ -34,7 +35,7 @@ async def migrate(conn: Conn) -> list[int]:
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for version, name, sql in _migrations():
-            if version in done:
+            if version in done or (until is not None and version > until):
                 continue
             async with conn.transaction():
                 await conn.execute(sql)

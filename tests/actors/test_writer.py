@@ -198,31 +198,44 @@ async def test_a_gateways_own_correlation_id_is_kept_once_per_message_as_a_uuid(
     assert stored is not None and stored["correlation_id"] == cid
 
 
+def _keyless_fields(event: dict[str, Any]) -> list[bytes]:
+    """A line's fields as gateways before migration 0016 encoded them: without the key."""
+    fields = storage.copy_row(event_row(event), dump_json(event)).rstrip(b"\n").split(b"\t")
+    return fields[:-1]
+
+
 def _legacy_line(event: dict[str, Any], correlation_id: str) -> bytes:
     """A line as gateways before migration 0013 encoded it: `ad_id` and `action_time` among
     the typed columns, the correlation id and received time after the payload."""
-    fields = storage.copy_row(event_row(event), dump_json(event)).rstrip(b"\n").split(b"\t")
+    fields = _keyless_fields(event)
     engagement = event["data"]["engagement"]
     fields.insert(8, engagement.get("adId", "").encode())
     fields.insert(15, engagement.get("actionTime", "").encode())
     return b"\t".join([*fields, correlation_id.encode(), RECEIVED.encode()]) + b"\n"
 
 
-async def test_lines_of_the_layout_before_0013_are_stored_as_they_were_meant(
-    writer: Writer, database_migrated: str
+@pytest.mark.parametrize("layout", ["before 0013", "before 0016"])
+async def test_lines_of_earlier_layouts_are_stored_as_they_were_meant(
+    writer: Writer, database_migrated: str, layout: str
 ) -> None:
     g = gen(6)
     events = [g.facebook("ad.click"), g.facebook("video.view"), g.tiktok("purchase")]
-    body = b"".join(_legacy_line(e, "old-gw") for e in events)
+    # An id with a tab, escaped in the line: its key is the key of the id, not of the escape.
+    events[0]["eventId"] = "fb-tab\there"
+    if layout == "before 0013":
+        body = b"".join(_legacy_line(e, "old-gw") for e in events)
+    else:
+        body = b"".join(b"\t".join(_keyless_fields(e)) + b"\n" for e in events)
     message = delivery("facebook", body, "m-old", stream_seq=9, correlation_id="old-gw")
     assert (await writer.write([message])).stored == 3
     rows = await fetch_rows(
         database_migrated,
         "SELECT event_id, user_id, device, campaign_id, payload, payload_json, correlation_id,"
-        " received_at, stream_seq FROM event_traces ORDER BY event_id",
+        " received_at, stream_seq, event_key::text AS key FROM event_traces ORDER BY event_id",
     )
     for event, row in zip(sorted(events, key=lambda e: e["eventId"]), rows, strict=True):
         assert row["event_id"] == event["eventId"]
+        assert row["key"].replace("-", "") == storage.event_key(event["eventId"])
         assert orjson.loads(storage.event_json(row)) == event
         assert row["device"] == event_row(event).device
         assert row["campaign_id"] == event_row(event).campaign_id

@@ -622,8 +622,10 @@ async def _freshness(database_url: str, summary: PublishSummary, plan: BenchPlan
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "SELECT event_id, extract(epoch FROM stored_at)::float8 AS stored"
-            " FROM event_traces WHERE event_id = ANY($1)",
+            "SELECT t.event_id, extract(epoch FROM t.stored_at)::float8 AS stored"
+            " FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
+            " JOIN event_traces t ON t.event_key = a.k AND t.event_id = a.id",
+            [storage.event_key(event_id) for event_id in sent],
             list(sent),
         )
     finally:
@@ -637,8 +639,12 @@ async def account(database_url: str, accepted: set[str], stored_increase: int) -
     try:
         ids, found = list(accepted), 0
         for start in range(0, len(ids), 50_000):
+            chunk = ids[start : start + 50_000]
             found += await conn.fetchval(
-                "SELECT count(*) FROM events WHERE event_id = ANY($1)", ids[start : start + 50_000]
+                "SELECT count(*) FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
+                " JOIN events e ON e.event_key = a.k AND e.event_id = a.id",
+                [storage.event_key(event_id) for event_id in chunk],
+                chunk,
             )
     finally:
         await conn.close()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 
-from adfunnel import embedded
+from adfunnel import embedded, storage
 from adfunnel.testing import db_fetch, wait_until
 from adfunnel.tools.generator import Generator
 
@@ -62,7 +62,11 @@ def main() -> None:
         )
         visible = time.perf_counter() - t0
     last = db_fetch(
-        dsn, "SELECT max(stored_at) AS t FROM event_traces WHERE event_id = ANY($1)", ids
+        dsn,
+        "SELECT max(t.stored_at) AS t FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
+        " JOIN event_traces t ON t.event_key = a.k AND t.event_id = a.id",
+        [storage.event_key(event_id) for event_id in ids],
+        ids,
     )
     committed = (last[0]["t"] - started).total_seconds()
     mb = sum(len(b) for b in bodies) / 1e6

@@ -27,7 +27,7 @@ from adfunnel.storage import EVENT_COLUMNS, StagedEvent
 from adfunnel.storage._payloads import compress
 from adfunnel.tools.generator import Generator
 
-_COLUMNS = (*EVENT_COLUMNS, "payload", "correlation_id", "received_at", "stream_seq")
+_COLUMNS = (*EVENT_COLUMNS, "payload", "event_key", "correlation_id", "received_at", "stream_seq")
 _TYPES = (
     "text",
     "timestamptz",
@@ -44,6 +44,7 @@ _TYPES = (
     "bigint",
     "text",
     "bytea",
+    "uuid",
     "text",
     "timestamptz",
     "bigint",
@@ -59,6 +60,7 @@ def _records(batch: list[StagedEvent]) -> list[tuple[Any, ...]]:
         (
             *e.row,
             compress(e.payload.encode(), (e.row[0], e.row[5])),
+            storage.event_key(e.row[0]),
             e.correlation_id,
             e.received_at,
             e.stream_seq,
@@ -71,7 +73,7 @@ async def executemany(conn: Any, batch: list[StagedEvent]) -> None:
     marks = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
     await conn.executemany(
         f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({marks})"
-        " ON CONFLICT (event_id) DO NOTHING",
+        " ON CONFLICT (event_key) DO NOTHING",
         _records(batch),
     )
 
@@ -82,7 +84,7 @@ async def unnest(conn: Any, batch: list[StagedEvent]) -> None:
     params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))
     await conn.execute(
         f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT * FROM unnest({params})"
-        " ON CONFLICT (event_id) DO NOTHING",
+        " ON CONFLICT (event_key) DO NOTHING",
         *arrays,
     )
 
