@@ -52,7 +52,8 @@ _DEADLOCK_RETRIES = 5
 # merged (the later is counted a duplicate). One statement, in key order, so a writer takes
 # every event row it needs before its triggers take user and rollup rows: writers then
 # always lock in the same order and never deadlock. Key order is also the primary key's:
-# its pages are met one after another, not at random (2-3 us of CPU per event less).
+# its pages are met one after another, not at random (in eventId order, PostgreSQL spent
+# 2.4 us more per event).
 # `xmax = 0` tells a new row from a replaced one.
 _STORED_LIST = ", ".join(COPY_COLUMNS)
 _UPSERT_STAGED = f"""
@@ -237,25 +238,24 @@ def _correlation_columns(correlation_id: str | None) -> tuple[str | None, str | 
 
 
 def _current_layout(lines: bytes) -> bytes:
-    fields = lines[: lines.find(b"\n")].count(b"\t") + 1
-    if fields not in (_KEYLESS_FIELDS, _LEGACY_FIELDS):
+    if lines[: lines.find(b"\n")].count(b"\t") + 1 not in (_KEYLESS_FIELDS, _LEGACY_FIELDS):
         return lines
     current = []
     for line in lines.split(b"\n"):
-        fields_of = line.split(b"\t")
-        if len(fields_of) == _LEGACY_FIELDS:
+        fields = line.split(b"\t")
+        if len(fields) == _LEGACY_FIELDS:
             for index in _LEGACY_DROPPED:
-                del fields_of[index]
-        if len(fields_of) == _KEYLESS_FIELDS:
-            fields_of.append(event_key(_unescaped(fields_of[0])).encode())
+                del fields[index]
+        if len(fields) == _KEYLESS_FIELDS:
+            fields.append(event_key(_unescaped(fields[0])).encode())
         if line:
-            current.append(b"\t".join(fields_of) + b"\n")
+            current.append(b"\t".join(fields) + b"\n")
     return b"".join(current)
 
 
 def with_delivery(lines: bytes, received_at: datetime, stream_seq: int | None) -> bytes:
-    """Lines of `copy_row` (or of the layout before migration 0013) completed with what their
-    bus message gives each of them: received time and stream sequence."""
+    """Lines of `copy_row` (or of an earlier gateway's layout) completed with what their bus
+    message gives each of them: received time and stream sequence."""
     seq = _NULL if stream_seq is None else str(stream_seq)
     tail = f"\t{received_at.isoformat()}\t{seq}\n"
     return _current_layout(lines).replace(b"\n", tail.encode())
