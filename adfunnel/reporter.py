@@ -151,7 +151,8 @@ class Reporter:
             + b',"receivedAt":'
             + orjson.dumps(reports.iso_utc(row["received_at"]))
             + b',"storedAt":'
-            + orjson.dumps(reports.iso_utc(row["stored_at"]))
+            # null for a row written by hand, without its message's `deliveries` row
+            + orjson.dumps(row["stored_at"] and reports.iso_utc(row["stored_at"]))
             + b"}"
         )
         return Response(body, media_type="application/json")

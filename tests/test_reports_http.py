@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from adfunnel.testing import Deployed, wait_until
+from adfunnel import storage
+from adfunnel.schema import dump_json, event_row
+from adfunnel.testing import Deployed, db_fetch, wait_until
 from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
@@ -122,3 +124,25 @@ def test_openapi_lists_every_report_parameter(module_system: Deployed) -> None:
     source_schema = str(parameters["/events"]["source"]["schema"])
     assert "facebook" in source_schema and "tiktok" in source_schema
     assert "minute" in str(parameters["/revenue"]["interval"]["schema"])
+
+
+def test_an_event_stored_without_its_trace_is_still_shown(system: Deployed) -> None:
+    event = Generator(seed=43).facebook("ad.click")
+    row = event_row(event)
+    db_fetch(
+        system.settings["database_url"],
+        "INSERT INTO events (event_id, event_time, source, funnel_stage, event_type, user_id,"
+        " purchase_amount, campaign_id, age, gender, country, city, followers, device,"
+        " event_key, payload_json, received_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now())"
+        " RETURNING event_id",
+        *row,
+        storage.event_key(row.event_id),
+        dump_json(event).decode(),
+    )
+    with system.client() as client:
+        answer = client.get(f"/reports/events/{event['eventId']}")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["event"] == event
+    assert (body["correlationId"], body["storedAt"]) == (None, None)
