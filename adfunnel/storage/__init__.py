@@ -38,6 +38,7 @@ from adfunnel.storage._demographics import (
 )
 from adfunnel.storage._events import (
     RejectedSummary,
+    count_stored,
     event_breakdown,
     event_json,
     event_series,
@@ -46,6 +47,7 @@ from adfunnel.storage._events import (
     revenue_groups,
     revenue_series,
     stored_counts,
+    stored_traces,
 )
 from adfunnel.storage._filters import (
     GRAINS,
@@ -121,6 +123,7 @@ __all__ = [
     "copy_payload_text",
     "copy_row",
     "count_replayable",
+    "count_stored",
     "create_pool",
     "demographic_counts",
     "demographic_mismatches",
@@ -156,6 +159,7 @@ __all__ = [
     "revenue_series",
     "rollup_mismatches",
     "stored_counts",
+    "stored_traces",
     "stored_under",
     "wait_for_database",
     "where_clause",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,33 @@ async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
         event_key(event_id),
         event_id,
     )
+
+
+# Events by eventId, through the key the table is unique on (migration 0016): `$1` the
+# keys and `$2` the ids, in the same order (`_keyed`).
+_BY_EVENT_IDS = (
+    " FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
+    " JOIN event_traces t ON t.event_key = a.k AND t.event_id = a.id"
+)
+
+
+def _keyed(event_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    return [event_key(event_id) for event_id in event_ids], list(event_ids)
+
+
+async def stored_traces(conn: Conn, event_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """`event_id`, `correlation_id` and `stored_at` of those of `event_ids` stored."""
+    return list(
+        await conn.fetch(
+            "SELECT t.event_id, t.correlation_id, t.stored_at" + _BY_EVENT_IDS,
+            *_keyed(event_ids),
+        )
+    )
+
+
+async def count_stored(conn: Conn, event_ids: Sequence[str]) -> int:
+    """How many of `event_ids` are stored."""
+    return int(await conn.fetchval("SELECT count(*)" + _BY_EVENT_IDS, *_keyed(event_ids)))
 
 
 def event_json(row: Any) -> bytes:

@@ -119,7 +119,7 @@ def compress(payload: bytes, ids: tuple[str, ...] = ()) -> bytes:
 
 def decompress(blob: bytes, ids: tuple[str, ...] = ()) -> bytes:
     """The JSON bytes `compress` was given: `ids` must be the ones it was given."""
-    if blob[:1] != bytes((_CUT,)):
+    if blob[:1] != _CUT_MARK:
         return _frame(blob)
     if not ids:
         raise ValueError("a payload with its ids cut out needs them back")

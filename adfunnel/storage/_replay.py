@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from adfunnel.storage._events import stored_traces
 from adfunnel.storage._filters import EventFilters, Params, filter_conditions, range_conditions
-from adfunnel.storage._writes import event_key
 
 if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
@@ -86,10 +86,5 @@ async def record_replays(
 
 async def stored_under(conn: Conn, event_ids: Sequence[str]) -> dict[str, str | None]:
     """eventId → the correlation id it is stored under, for those of `event_ids` stored."""
-    rows = await conn.fetch(
-        "SELECT t.event_id, t.correlation_id FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
-        " JOIN event_traces t ON t.event_key = a.k AND t.event_id = a.id",
-        [event_key(event_id) for event_id in event_ids],
-        list(event_ids),
-    )
+    rows = await stored_traces(conn, event_ids)
     return {row["event_id"]: row["correlation_id"] for row in rows}

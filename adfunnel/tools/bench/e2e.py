@@ -621,16 +621,10 @@ async def _freshness(database_url: str, summary: PublishSummary, plan: BenchPlan
             sent.setdefault(event_id, post.sent_at.timestamp())
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT t.event_id, extract(epoch FROM t.stored_at)::float8 AS stored"
-            " FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
-            " JOIN event_traces t ON t.event_key = a.k AND t.event_id = a.id",
-            [storage.event_key(event_id) for event_id in sent],
-            list(sent),
-        )
+        rows = await storage.stored_traces(conn, list(sent))
     finally:
         await conn.close()
-    return [row["stored"] - sent[row["event_id"]] for row in rows]
+    return [row["stored_at"].timestamp() - sent[row["event_id"]] for row in rows]
 
 
 async def account(database_url: str, accepted: set[str], stored_increase: int) -> tuple[int, int]:
@@ -639,13 +633,7 @@ async def account(database_url: str, accepted: set[str], stored_increase: int) -
     try:
         ids, found = list(accepted), 0
         for start in range(0, len(ids), 50_000):
-            chunk = ids[start : start + 50_000]
-            found += await conn.fetchval(
-                "SELECT count(*) FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
-                " JOIN events e ON e.event_key = a.k AND e.event_id = a.id",
-                [storage.event_key(event_id) for event_id in chunk],
-                chunk,
-            )
+            found += await storage.count_stored(conn, ids[start : start + 50_000])
     finally:
         await conn.close()
     return len(ids) - found, max(0, stored_increase - found)

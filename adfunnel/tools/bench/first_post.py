@@ -15,11 +15,12 @@ import os
 import time
 from datetime import UTC, datetime
 
+import asyncpg
 import httpx
 import orjson
 
 from adfunnel import embedded, storage
-from adfunnel.testing import db_fetch, wait_until
+from adfunnel.testing import run, wait_until
 from adfunnel.tools.generator import Generator
 
 
@@ -28,6 +29,15 @@ def database_url(base_url: str) -> str:
     if found is None:
         raise SystemExit(f"no database: set DATABASE_URL (the system at {base_url} has none)")
     return found
+
+
+async def _last_stored(dsn: str, ids: list[str]) -> datetime:
+    conn = await asyncpg.connect(dsn)
+    try:
+        last: datetime = max(row["stored_at"] for row in await storage.stored_traces(conn, ids))
+        return last
+    finally:
+        await conn.close()
 
 
 def main() -> None:
@@ -61,14 +71,7 @@ def main() -> None:
             what="all events visible",
         )
         visible = time.perf_counter() - t0
-    last = db_fetch(
-        dsn,
-        "SELECT max(t.stored_at) AS t FROM unnest($1::uuid[], $2::text[]) AS a (k, id)"
-        " JOIN event_traces t ON t.event_key = a.k AND t.event_id = a.id",
-        [storage.event_key(event_id) for event_id in ids],
-        ids,
-    )
-    committed = (last[0]["t"] - started).total_seconds()
+    committed = (run(_last_stored(dsn, ids)) - started).total_seconds()
     mb = sum(len(b) for b in bodies) / 1e6
     print(
         f"events={len(ids)} posts={args.posts} body_MB={mb:.1f} "
