@@ -45,15 +45,16 @@ async def rollup_mismatches(conn: Conn, since: datetime | None = None) -> list[a
 async def demographic_mismatches(conn: Conn) -> dict[str, int]:
     """Rows of the demographics tables that disagree with the raw rows, by table (none,
     unless something is broken): rollups against the users with one event, and
-    `repeat_user_events` against every event of the users with more."""
+    `repeat_user_copies` against every event of the users with more."""
     columns = f"event_id, user_id, event_time, received_at, {DEMOGRAPHIC_COLUMNS}"
     users = "SELECT source, user_id FROM events GROUP BY 1, 2 HAVING count(*)"
+    pointers = "source, user_id, event_time, event_key"
     expected = {
-        "repeat_user_events": f"SELECT {columns} FROM events WHERE (source, user_id) IN"
+        "repeat_user_copies": f"SELECT {pointers} FROM events WHERE (source, user_id) IN"
         f" ({users} > 1)",
     }
     actual = {
-        "repeat_user_events": f"SELECT {columns} FROM repeat_user_events",
+        "repeat_user_copies": f"SELECT {pointers} FROM repeat_user_copies",
     }
     single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
     # Each repeat user's latest event per track and hour, linked to their next hour.

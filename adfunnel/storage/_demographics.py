@@ -1,5 +1,5 @@
 """Demographics: distinct users by their latest event in a range, exact, from rollups,
-hour rows and the raw edges (migrations 0003, 0006, 0007)."""
+hour rows and the raw edges (migrations 0003, 0006, 0007, 0017)."""
 
 from __future__ import annotations
 
@@ -42,17 +42,43 @@ KEYS = "adfunnel_demographic_keys(source, funnel_stage, age, gender, country, ci
 
 # Demographics: users with one event of their source come from the demographic rollups
 # (whole hours and days) and the raw rows at the edges (migration 0003); users with more
-# events from their hour rows' rollups and, at the edges, their copies in
-# `repeat_user_events` (migration 0007). Each user is in exactly one of the parts, so the
-# parts add up.
+# events from their hour rows' rollups and, at the edges, from their raw rows too
+# (migrations 0007, 0017). Each user is in exactly one of the parts, so the parts add up.
 DEMOGRAPHIC_GRAINS = ("day", "hour")
-# A key probe per candidate (OFFSET 0 keeps the subquery correlated): as an anti-join the
-# planner hashed all of `repeat_user_events` (a 5 M-row scan for a few thousand candidates).
-_SINGLE = "NOT EXISTS (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id OFFSET 0)"
+
+
+def _several(source: str, alias: str = "e") -> str:
+    """Whether the user of event `alias` has several events of `source`: they then have hour
+    rows of the source's own track. A probe of their primary key per event (OFFSET 0 keeps
+    the subquery correlated): as an anti-join the planner would hash every hour row."""
+    track = "f" if source == "facebook" else "t"
+    return (
+        f"EXISTS (SELECT 1 FROM repeat_user_hours h WHERE h.track = '{track}'"
+        f" AND h.user_id = {alias}.user_id OFFSET 0)"
+    )
 
 
 # The columns a demographics query reads from an event.
 DEMOGRAPHIC_COLUMNS = "source, funnel_stage, age, gender, country, city, followers, device"
+
+
+def _edge(filters: EventFilters, params: Params, source: str) -> str | None:
+    """The common table expression `edge`: the events of `source` in the range's ragged
+    edges (what whole hours leave at either end, or all of a range without a whole hour),
+    each marked with whether its user has `several` events. Both parts of the users read it,
+    so the edges are scanned and probed once. None when the range has no ragged edge."""
+    plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
+    if not plan["raw"]:
+        return None
+    # Found by time alone (OFFSET 0 keeps the source test out of the index scan): ANDed
+    # with an index on the source, the planner would read a bitmap of every event of that
+    # source first.
+    where = segment_condition("event_time", plan["raw"], params)
+    return (
+        f"edge AS MATERIALIZED (SELECT e.*, {_several(source)} AS several FROM"
+        f" (SELECT event_id, user_id, event_time, received_at, {DEMOGRAPHIC_COLUMNS}"
+        f" FROM events WHERE {where} OFFSET 0) e WHERE e.source = {params.add(source)})"
+    )
 
 
 def _single_user_parts(
@@ -64,8 +90,8 @@ def _single_user_parts(
     raw_columns: str,
     source: str,
 ) -> tuple[list[str], str | None]:
-    """Users with one event, in range: rollup rows for whole buckets, and the raw rows at
-    the edges (None when the range has no ragged edge)."""
+    """Users with one event, in range: rollup rows for whole buckets, and their rows of the
+    `edge` (None when the range has no ragged edge)."""
     plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
     parts = []
     for grain in DEMOGRAPHIC_GRAINS:
@@ -76,23 +102,7 @@ def _single_user_parts(
             parts.append(f"SELECT {rollup_columns} FROM {rollup}_{grain} WHERE {where}")
     if not plan["raw"]:
         return parts, None
-    # The edges are found by time alone (OFFSET 0 keeps the source test out of the index
-    # scan): ANDed with an index on the source, the planner would read a bitmap of every
-    # event of that source first.
-    # The repeat users' copies are narrowed to the same edges (a copy has its event's time),
-    # so the anti-join hashes a few rows rather than the whole table.
-    where = segment_condition("event_time", plan["raw"], params)
-    # The copies' source too, so that their (source, event_time) index finds them: without
-    # it a hashed anti-join read all of `repeat_user_events` (0.45 s at 5 M copies).
-    copies = segment_condition("r.event_time", plan["raw"], params)
-    src = params.add(source)
-    edges = (
-        f"SELECT {raw_columns} FROM (SELECT event_id, {DEMOGRAPHIC_COLUMNS} FROM events"
-        f" WHERE {where} OFFSET 0) e WHERE e.source = {src} AND NOT EXISTS"
-        f" (SELECT 1 FROM repeat_user_events r WHERE r.event_id = e.event_id"
-        f" AND r.source = {src} AND {copies})"
-    )
-    return parts, edges
+    return parts, f"SELECT {raw_columns} FROM edge WHERE NOT several"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +146,8 @@ def _repeat_user_parts(
         bounds = [f"event_time >= {since}"] if since else []
         bounds += [f"event_time < {until}"] if until else []
         return (
-            f"SELECT {LATEST_USER} user_id, {DEMOGRAPHIC_COLUMNS} FROM repeat_user_events"
-            f" WHERE source = {params.add(source)}{stage} AND {' AND '.join(bounds)}"
-            f" {LATEST_ORDER}"
+            f"SELECT {LATEST_USER} user_id, {DEMOGRAPHIC_COLUMNS} FROM edge"
+            f" WHERE several{stage} AND {' AND '.join(bounds)} {LATEST_ORDER}"
         )
 
     if lo is not None and hi is not None and lo >= hi:
@@ -208,6 +217,7 @@ async def demographic_counts(
         raw_columns=DEMOGRAPHIC_COLUMNS,
         source=source,
     )
+    edge = _edge(filters, params, source)
     repeat = _repeat_user_parts(filters, params, source, "p" if source == "tiktok" else "f")
     if repeat.rollup is not None:
         parts.append(
@@ -224,7 +234,8 @@ async def demographic_counts(
             f" sum(sign) AS n FROM ({' UNION ALL '.join(people)}) p ({DEMOGRAPHIC_COLUMNS}, sign)"
             f" GROUP BY {DEMOGRAPHIC_COLUMNS}) g CROSS JOIN LATERAL {KEYS}"
         )
-    with_ctes = f"WITH {', '.join(repeat.ctes)} " if repeat.ctes else ""
+    ctes = [edge, *repeat.ctes] if edge else repeat.ctes
+    with_ctes = f"WITH {', '.join(ctes)} " if ctes else ""
     return await conn.fetch(
         f"{with_ctes}SELECT dim, key1, key2, sum(users)::bigint AS users"
         f" FROM ({' UNION ALL '.join(parts)}) x (dim, key1, key2, users)"
@@ -263,7 +274,9 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
         source="tiktok",
     )
     parts += [edges] if edges else []
+    edge = _edge(filters, params, "tiktok")
     repeat = _repeat_user_parts(filters, params, "tiktok", "t")
+    ctes = [edge, *repeat.ctes] if edge else repeat.ctes
     interior_values = ""
     if repeat.rollup is not None:
         parts.append(
@@ -286,7 +299,7 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
     parts.append("SELECT adfunnel_follower_bin(followers), sign, followers * sign FROM repeat")
     in_range = " AND ".join(["TRUE", *range_conditions(filters, params)])
     return (
-        f"WITH {''.join(cte + ', ' for cte in repeat.ctes)}"
+        f"WITH {''.join(cte + ', ' for cte in ctes)}"
         f"repeat AS MATERIALIZED ({signed}),"
         " hist AS MATERIALIZED (SELECT bin, sum(users)::bigint AS users,"
         f" sum(followers) AS followers FROM ({' UNION ALL '.join(parts)}) x (bin, users, followers)"
@@ -304,9 +317,9 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
         " FROM hist"
         " UNION ALL SELECT 'value', w.bin, NULL, 1, e.followers FROM wanted w"
         " CROSS JOIN LATERAL"
-        " (SELECT event_id, followers FROM events WHERE source = 'tiktok'"
+        " (SELECT user_id, followers FROM events WHERE source = 'tiktok'"
         f" AND followers >= w.bin AND followers < w.bin_end AND {in_range} OFFSET 0) e"
-        f" WHERE {_SINGLE}"
+        f" WHERE NOT {_several('tiktok')}"
         " UNION ALL SELECT 'value', w.bin, NULL, r.sign, r.followers FROM wanted w"
         f" JOIN repeat r ON r.followers >= w.bin AND r.followers < w.bin_end{interior_values}"
     )

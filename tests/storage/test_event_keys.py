@@ -58,7 +58,7 @@ async def test_rows_stored_before_0016_get_their_keys_and_keep_working(
             compress(orjson.dumps(event), (row.event_id, row.user_id)),
             NOW,
         )
-    assert await storage.migrate(conn) == [16]
+    assert (await storage.migrate(conn))[0] == 16
     keys = await conn.fetch("SELECT event_id, event_key::text AS key FROM events")
     assert len(keys) == len(old)
     assert all(r["key"].replace("-", "") == storage.event_key(r["event_id"]) for r in keys)
