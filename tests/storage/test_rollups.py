@@ -251,6 +251,75 @@ async def test_a_batch_of_a_user_with_100000_events_reads_none_of_them(database:
 
 
 @pytest.mark.integration
+async def test_hour_rows_link_new_hours_between_stored_ones(database: str) -> None:
+    """A repeat user's hour rows stay one per active hour, each holding the hour's latest
+    event and linked to the next active hour, when a batch brings hours before, between and
+    after the stored ones, and events that lose, win or tie with an hour's stored event."""
+    generator = Generator(seed=18)
+    received = BASE + timedelta(days=3)
+    user = "returning-facebook-user"
+
+    def at(hour: int, minute: int, event_id: str | None = None) -> dict[str, object]:
+        made = generator.facebook(None, BASE + timedelta(hours=hour, minutes=minute))
+        made["data"]["user"]["userId"] = user  # type: ignore[index]
+        if event_id is not None:
+            made["eventId"] = event_id
+        return made
+
+    pool = await storage.create_pool(database, size=1)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+
+            async def store(*events: dict[str, object]) -> list[tuple[int, int | None, str]]:
+                async with conn.transaction():
+                    await storage.insert_events(
+                        conn, [staged(e, received, i) for i, e in enumerate(events)]
+                    )
+                assert await storage.demographic_mismatches(conn) == {}
+                # (hour, next active hour or None, the hour's event), hours since BASE.
+                rows = await conn.fetch(
+                    "SELECT extract(epoch FROM hour - $2)::int / 3600 AS hour,"
+                    " CASE WHEN next_hour < 'infinity'"
+                    "  THEN extract(epoch FROM next_hour - $2)::int / 3600 END AS next_hour,"
+                    " event_id FROM repeat_user_hours"
+                    " WHERE track = 'f' AND user_id = $1 ORDER BY hour",
+                    user,
+                    BASE,
+                )
+                return [(r["hour"], r["next_hour"], r["event_id"]) for r in rows]
+
+            inf = None
+            assert await store(at(1, 10, "b1"), at(5, 30, "b5")) == [(1, 5, "b1"), (5, inf, "b5")]
+            # An hour before every stored one, one between two, an earlier event of a
+            # stored hour (it loses) and an hour after them all.
+            assert await store(at(0, 5, "c0"), at(3, 0, "c3"), at(5, 10, "c5"), at(7, 0, "c7")) == [
+                (0, 1, "c0"),
+                (1, 3, "b1"),
+                (3, 5, "c3"),
+                (5, 7, "b5"),
+                (7, inf, "c7"),
+            ]
+            # A later event of a stored hour wins it; one at the same instant, received at
+            # the same time, wins by the larger eventId; new hours right after stored ones.
+            assert await store(
+                at(1, 50, "d1"), at(3, 0, "c3z"), at(4, 0, "d4"), at(8, 0, "d8")
+            ) == [
+                (0, 1, "c0"),
+                (1, 3, "d1"),
+                (3, 4, "c3z"),
+                (4, 5, "d4"),
+                (5, 7, "b5"),
+                (7, 8, "c7"),
+                (8, inf, "d8"),
+            ]
+            assert await storage.rollup_mismatches(conn) == []
+            await same_demographics(conn, random.Random(18))
+    finally:
+        await pool.close()
+
+
+@pytest.mark.integration
 async def test_repeat_users_stored_before_0017_keep_exact_demographics(database: str) -> None:
     """Copies written before migration 0017 become pointers, and every later insert, removal
     and read of those users stays exact."""
@@ -281,7 +350,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == [17]
+            assert await storage.migrate(conn) == [17, 18]
             assert await conn.fetchval("SELECT count(*) FROM repeat_user_copies") == copied
             assert await storage.demographic_mismatches(conn) == {}
             await same_demographics(conn, rng)
