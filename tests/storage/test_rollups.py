@@ -261,7 +261,7 @@ async def test_hour_rows_link_new_hours_between_stored_ones(database: str) -> No
 
     def at(hour: int, minute: int, event_id: str | None = None) -> dict[str, object]:
         made = generator.facebook(None, BASE + timedelta(hours=hour, minutes=minute))
-        made["data"]["user"]["userId"] = user  # type: ignore[index]
+        made["data"]["user"]["userId"] = user
         if event_id is not None:
             made["eventId"] = event_id
         return made
