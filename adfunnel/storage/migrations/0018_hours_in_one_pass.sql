@@ -86,8 +86,7 @@ SELECT format($q$
     WHERE NOT d.own OR ROW(d.event_time, d.received_at, d.event_id)
         > ROW((d.h).event_time, (d.h).received_at, (d.h).event_id)
     UNION ALL
-    SELECT d.track, d.hour, d.next_hour, (d.h).event_id, (d.h).source, (d.h).user_id, (d.h).event_time, (d.h).received_at, (d.h).funnel_stage, (d.h).age, (d.h).gender, (d.h).country, (d.h).city, (d.h).followers, (d.h).device
-    FROM held d
+    SELECT d.track, d.hour, d.next_hour, %4$s FROM held d
     WHERE d.own AND ROW(d.event_time, d.received_at, d.event_id)
         <= ROW((d.h).event_time, (d.h).received_at, (d.h).event_id)
     UNION ALL
@@ -96,17 +95,20 @@ SELECT format($q$
         ON (b.track, b.user_id, b.hour) = (r.track, r.user_id, r.hour)
     WHERE (r.track, r.user_id, r.hour) NOT IN (SELECT track, user_id, hour FROM held WHERE own)),
  hours_updated AS (
-    UPDATE repeat_user_hours h SET (next_hour, event_id, source, event_time, received_at, funnel_stage, age, gender, country, city, followers, device)
-        = ROW(a.next_hour, a.event_id, a.source, a.event_time, a.received_at, a.funnel_stage, a.age, a.gender, a.country, a.city, a.followers, a.device)
+    UPDATE repeat_user_hours h SET (next_hour, %5$s) = ROW(a.next_hour, %6$s)
     FROM hours_after a
     WHERE (h.track, h.user_id, h.hour) = (a.track, a.user_id, a.hour)
         AND (a.track, a.user_id, a.hour) IN (SELECT track, user_id, hour FROM hours_before)),
  hours_inserted AS (
     INSERT INTO repeat_user_hours SELECT * FROM hours_after a
     WHERE (a.track, a.user_id, a.hour) NOT IN (SELECT track, user_id, hour FROM hours_before)
-    ORDER BY track, user_id, hour),%4$s$q$,
+    ORDER BY track, user_id, hour),%7$s$q$,
     adfunnel_tracked('entering_rows'),
     adfunnel_demographic_columns('d'),
     adfunnel_demographic_columns('b'),
+    -- The hour's stored event, a field of the row the probe found.
+    replace(adfunnel_demographic_columns('h'), 'h.', '(d.h).'),
+    replace(adfunnel_demographic_columns('x'), 'x.', ''),
+    adfunnel_demographic_columns('a'),
     adfunnel_hour_rollups())
 $$;
