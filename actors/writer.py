@@ -33,11 +33,10 @@ from adfunnel.storage import (
     copy_event_id,
     copy_payload_text,
     create_pool,
+    current_lines,
     insert_copy,
     insert_rejected,
     is_copy_line,
-    with_delivery,
-    without_delivery,
 )
 
 log = structlog.get_logger(component="writer")
@@ -82,9 +81,8 @@ class WriteResult:
 
 @dataclass(slots=True)
 class Decoded:
-    """A delivery made ready to write: COPY lines of events (already what the gateway
-    encoded, now with their received time and stream sequence) and their message's trace,
-    or rows of the rejected store."""
+    """A delivery made ready to write: COPY lines of events (what the gateway encoded, in
+    this code's layout) and their message's trace, or rows of the rejected store."""
 
     lines: bytes
     count: int
@@ -120,7 +118,7 @@ def decode(delivery: Delivery) -> Decoded:
     trace = MessageTrace(received_at, delivery.stream_seq, delivery.correlation_id)
     out = Decoded(b"", 0, [], delivery.lane, delivery.msg_id, trace)
     if delivery.lane != "rejected":
-        out.lines = with_delivery(delivery.body, received_at, delivery.stream_seq)
+        out.lines = current_lines(delivery.body)
         out.count = delivery.body.count(b"\n")
         return out
     for index, line in enumerate(decode_lines(delivery.body)):
@@ -255,7 +253,7 @@ class Writer:
             except Exception as error:
                 if is_transient(error):
                     raise StorageUnavailable(f"write failed: {error!r}") from error
-                sent = without_delivery(line)  # the line as the gateway encoded it
+                sent = line.rstrip(b"\n")
                 event_id = copy_event_id(sent) if is_copy_line(sent) else None
                 row = RejectedRow(
                     # One key per event (or per line of a message, for a broken line), so a

@@ -85,13 +85,12 @@ from adfunnel.storage._writes import (
     copy_event_id,
     copy_payload_text,
     copy_row,
+    current_lines,
     event_key,
     insert_copy,
     insert_events,
     insert_rejected,
     is_copy_line,
-    with_delivery,
-    without_delivery,
 )
 
 if TYPE_CHECKING:
@@ -125,6 +124,7 @@ __all__ = [
     "count_replayable",
     "count_stored",
     "create_pool",
+    "current_lines",
     "demographic_counts",
     "demographic_mismatches",
     "demographics",
@@ -163,6 +163,4 @@ __all__ = [
     "stored_under",
     "wait_for_database",
     "where_clause",
-    "with_delivery",
-    "without_delivery",
 ]

@@ -13,13 +13,13 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
 import zstandard
 
-from adfunnel.schema import EventRow
+from adfunnel.schema import EventRow, parse_timestamp
 from adfunnel.storage._payloads import compress, decompress
 
 if TYPE_CHECKING:
@@ -27,23 +27,36 @@ if TYPE_CHECKING:
 
 EVENT_COLUMNS = EventRow._fields
 # What a writer COPYs per event: the typed columns, the payload and the key the table is
-# unique on (`event_key`), which the gateway encodes; then what orders the copies of one
-# eventId (received time, stream sequence), which the writer appends from its bus message
-# (`with_delivery`). What else a message's events share, its correlation id and stored
-# time, is one `deliveries` row per message (migration 0015). `seq` (the order of the rows
-# in the COPY) is filled by the staging table.
+# unique on (`event_key`), which the gateway encodes, its event time as microseconds since
+# 1970 (a timestamp's text is the dearest field for PostgreSQL to read); then the
+# number of its bus message in the batch, which `insert_copy` appends. What a message's
+# events share, its received time and stream sequence (which order the copies of one
+# eventId), correlation id and stored time, comes once per message: the first two are
+# joined to its rows as they are stored, the rest is one `deliveries` row (migration 0015).
+# `seq` (the order of the rows in the COPY) is filled by the staging table.
 LINE_COLUMNS = (*EVENT_COLUMNS, "payload", "event_key")
 DELIVERY_COLUMNS = ("received_at", "stream_seq")
 COPY_COLUMNS = (*LINE_COLUMNS, *DELIVERY_COLUMNS)
+_STAGED_COLUMNS = (*("event_us" if c == "event_time" else c for c in LINE_COLUMNS), "message")
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS events_staging (
-    event_id text COLLATE "C", event_time timestamptz, source text, funnel_stage text,
+    event_id text COLLATE "C", event_us bigint, source text, funnel_stage text,
     event_type text, user_id text, purchase_amount numeric, campaign_id text, age integer,
     gender text, country text, city text, followers bigint, device text, payload bytea,
-    event_key uuid, received_at timestamptz, stream_seq bigint,
+    event_key uuid, message integer,
     seq bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 """
+# Exact over every year a timestamp may have: each product stays below 2^53.
+_EVENT_TIME = (
+    "timestamptz '1970-01-01 00:00:00+00' + (s.event_us / 1000000) * interval '1 second'"
+    " + (s.event_us % 1000000) * interval '1 microsecond'"
+)
+# The batch's messages, numbered from 1 in the order of its chunks.
+_MESSAGES = (
+    "unnest($1::timestamptz[], $2::bigint[]) WITH ORDINALITY"
+    " AS m (received_at, stream_seq, message)"
+)
 _DEADLOCK_RETRIES = 5
 # The earliest received copy of an eventId wins, whatever order parallel writers commit in:
 # a copy received later never replaces it, an earlier one that commits late does. Ordinary
@@ -56,13 +69,19 @@ _DEADLOCK_RETRIES = 5
 # 2.4 us more per event).
 # `xmax = 0` tells a new row from a replaced one.
 _STORED_LIST = ", ".join(COPY_COLUMNS)
+_STAGED_VALUES = ", ".join(
+    (
+        *(_EVENT_TIME if c == "event_time" else f"s.{c}" for c in LINE_COLUMNS),
+        *(f"m.{c}" for c in DELIVERY_COLUMNS),
+    )
+)
 _UPSERT_STAGED = f"""
 WITH written AS (
     INSERT INTO events AS e ({_STORED_LIST})
-    SELECT DISTINCT ON (event_key)
-        {", ".join(COPY_COLUMNS)}
-    FROM events_staging
-    ORDER BY event_key, received_at, stream_seq, seq
+    SELECT DISTINCT ON (s.event_key)
+        {_STAGED_VALUES}
+    FROM events_staging s JOIN {_MESSAGES} ON m.message = s.message
+    ORDER BY s.event_key, m.received_at, m.stream_seq, s.seq
     ON CONFLICT (event_key) DO UPDATE
     SET ({_STORED_LIST}, stored_at, correlation_uuid, correlation_id, payload_json) = (
         {", ".join(f"EXCLUDED.{c}" for c in COPY_COLUMNS)}, NULL, NULL, NULL, NULL)
@@ -74,15 +93,15 @@ SELECT count(*) FILTER (WHERE new) FROM written
 """
 # One row per bus message of the batch, after its events: the stored time is then as late
 # in the transaction as the events' own. A redelivered message keeps its first row.
-_INSERT_DELIVERIES = """
+_INSERT_DELIVERIES = f"""
 INSERT INTO deliveries
     (received_at, stream_seq, correlation_uuid, correlation_id, last_event_time)
-SELECT m.received_at, m.stream_seq, m.correlation_uuid, m.correlation_id, s.last_event_time
-FROM unnest($1::timestamptz[], $2::bigint[], $3::uuid[], $4::text[])
-    AS m (received_at, stream_seq, correlation_uuid, correlation_id)
-JOIN (SELECT received_at, stream_seq, max(event_time) AS last_event_time
-      FROM events_staging GROUP BY 1, 2) s
-    ON s.received_at = m.received_at AND s.stream_seq IS NOT DISTINCT FROM m.stream_seq
+SELECT m.received_at, m.stream_seq, m.correlation_uuid, m.correlation_id,
+    {_EVENT_TIME.replace("s.event_us", "s.last_us")}
+FROM unnest($1::timestamptz[], $2::bigint[], $3::uuid[], $4::text[]) WITH ORDINALITY
+    AS m (received_at, stream_seq, correlation_uuid, correlation_id, message)
+JOIN (SELECT message, max(event_us) AS last_us FROM events_staging GROUP BY 1) s
+    ON s.message = m.message
 ON CONFLICT DO NOTHING
 """
 _REJECTED_COLUMNS = (
@@ -173,20 +192,28 @@ def _copy_payload(payload: bytes, row: EventRow) -> bytes:
     return b"\\\\x" + binascii.hexlify(compress(payload, (row[0], row[5])))
 
 
-# `isoformat` of an aware datetime costs ~0.9 us, more than the rest of a row, and the events
-# of one request share a few hundred timestamps at most (the publisher stamps a POST within a
-# second, to the millisecond): their texts are remembered. A datetime caches its hash, so a
-# hit costs a dict lookup. Bounded, and dropped whole when full: any thread may clear it.
-_ISO_TEXTS: dict[datetime, str] = {}
-_ISO_TEXTS_MAX = 8192
+# Converting a datetime to microseconds costs ~0.3 us, as much as the rest of a row's typed
+# columns, and the events of one request share a few hundred timestamps at most (the
+# publisher stamps a POST within a second, to the millisecond): their texts are remembered.
+# A datetime caches its hash, so a hit costs a dict lookup. Bounded, and dropped whole when
+# full: any thread may clear it.
+_TIME_TEXTS: dict[datetime, str] = {}
+_TIME_TEXTS_MAX = 8192
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def _iso(moment: datetime) -> str:
-    text = _ISO_TEXTS.get(moment)
+def micros(moment: datetime) -> int:
+    """An aware datetime as microseconds since 1970, as the writers' COPY carries it."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _time_text(moment: datetime) -> str:
+    text = _TIME_TEXTS.get(moment)
     if text is None:
-        if len(_ISO_TEXTS) >= _ISO_TEXTS_MAX:
-            _ISO_TEXTS.clear()
-        text = _ISO_TEXTS[moment] = moment.isoformat()
+        if len(_TIME_TEXTS) >= _TIME_TEXTS_MAX:
+            _TIME_TEXTS.clear()
+        text = _TIME_TEXTS[moment] = str(micros(moment))
     return text
 
 
@@ -195,7 +222,7 @@ def _typed_fields(row: EventRow) -> tuple[str, ...]:
     (country, city, followers, device) = row[10:]
     return (
         eid,
-        _iso(time),
+        _time_text(time),
         source,
         stage,
         kind,
@@ -216,7 +243,8 @@ _TEXT_SPECIAL = re.compile(r"[\\\n\r]")
 
 def copy_row(row: EventRow, payload: bytes) -> bytes:
     """One event as the start of a line of COPY text (what the writers load): its typed
-    columns, payload and key. `with_delivery` appends what its bus message knows."""
+    columns (the event time in microseconds), payload and key; `insert_copy` appends the
+    number of its bus message in the batch."""
     text = "\t".join(_typed_fields(row))
     # Nearly every value is plain text: one scan and a count of the tabs tell whether any
     # value holds a tab, a line end or a backslash, and only then is each one escaped.
@@ -237,8 +265,20 @@ def _correlation_columns(correlation_id: str | None) -> tuple[str | None, str | 
     return None, correlation_id
 
 
-def _current_layout(lines: bytes) -> bytes:
-    if lines[: lines.find(b"\n")].count(b"\t") + 1 not in (_KEYLESS_FIELDS, _LEGACY_FIELDS):
+def _iso_to_micros(field: bytes) -> bytes:
+    try:
+        return str(micros(parse_timestamp(field.decode()))).encode()
+    except (UnicodeDecodeError, ValueError):
+        return field  # PostgreSQL refuses the line, and the writer keeps it as poison
+
+
+def current_lines(lines: bytes) -> bytes:
+    """Lines of `copy_row`, or of an earlier gateway's layout made into them."""
+    first = lines[: lines.find(b"\n")]
+    # Earlier gateways sent the event time as ISO text; microseconds have no colon.
+    parts = first.split(b"\t", 2)
+    iso_time = len(parts) > 1 and b":" in parts[1]
+    if not iso_time and first.count(b"\t") + 1 not in (_KEYLESS_FIELDS, _LEGACY_FIELDS):
         return lines
     current = []
     for line in lines.split(b"\n"):
@@ -248,17 +288,11 @@ def _current_layout(lines: bytes) -> bytes:
                 del fields[index]
         if len(fields) == _KEYLESS_FIELDS:
             fields.append(event_key(_unescaped(fields[0])).encode())
+        if len(fields) > 1 and b":" in fields[1]:
+            fields[1] = _iso_to_micros(fields[1])
         if line:
             current.append(b"\t".join(fields) + b"\n")
     return b"".join(current)
-
-
-def with_delivery(lines: bytes, received_at: datetime, stream_seq: int | None) -> bytes:
-    """Lines of `copy_row` (or of an earlier gateway's layout) completed with what their bus
-    message gives each of them: received time and stream sequence."""
-    seq = _NULL if stream_seq is None else str(stream_seq)
-    tail = f"\t{received_at.isoformat()}\t{seq}\n"
-    return _current_layout(lines).replace(b"\n", tail.encode())
 
 
 _COPY_UNESCAPE = re.compile(r"\\(.)")
@@ -273,11 +307,6 @@ def _unescaped(field: bytes) -> str:
 def _copy_field(line: bytes, index: int) -> str:
     fields = line.rstrip(b"\n").split(b"\t")
     return _unescaped(fields[index]) if index < len(fields) else ""
-
-
-def without_delivery(line: bytes) -> bytes:
-    """A line as the gateway encoded it: `with_delivery` undone, line end dropped."""
-    return line.rstrip(b"\n").rsplit(b"\t", len(DELIVERY_COLUMNS))[0]
 
 
 def is_copy_line(line: bytes) -> bool:
@@ -305,46 +334,48 @@ def copy_payload_text(line: bytes) -> str:
 
 async def insert_events(conn: Conn, events: Sequence[StagedEvent]) -> int:
     """Store a batch in the caller's transaction; returns how many eventIds were new."""
-    lines = [
-        with_delivery(copy_row(e.row, e.payload.encode()), e.received_at, e.stream_seq)
-        for e in events
-    ]
     # Events with the same received time and stream sequence came in one message.
-    traces: dict[tuple[datetime, int | None], MessageTrace] = {}
+    messages: dict[tuple[datetime, int | None], tuple[MessageTrace, list[bytes]]] = {}
     for e in events:
-        trace = traces.setdefault(
+        trace, lines = messages.setdefault(
             (e.received_at, e.stream_seq),
-            MessageTrace(e.received_at, e.stream_seq, e.correlation_id),
+            (MessageTrace(e.received_at, e.stream_seq, e.correlation_id), []),
         )
         if trace.correlation_id != e.correlation_id:
             raise ValueError(f"one message, two correlation ids: {trace} and {e.correlation_id}")
-    return await insert_copy(conn, lines, list(traces.values()))
+        lines.append(copy_row(e.row, e.payload.encode()))
+    chunks = [b"".join(lines) for _, lines in messages.values()]
+    return await insert_copy(conn, chunks, [trace for trace, _ in messages.values()])
 
 
 async def insert_copy(conn: Conn, chunks: Sequence[bytes], traces: Sequence[MessageTrace]) -> int:
-    """Store COPY lines (`copy_row` + `with_delivery`) in the caller's transaction, with the
-    traces of the messages they came in; returns how many eventIds were new."""
+    """Store COPY lines (`current_lines`) in the caller's transaction: chunk i holds the lines
+    of the message traced by `traces[i]`. Returns how many eventIds were new."""
     if not conn.is_in_transaction():
         # The staging table empties at commit: outside a transaction nothing would be stored.
         raise RuntimeError("storing events needs the caller's transaction")
+    if len(chunks) != len(traces):
+        raise ValueError(f"{len(chunks)} chunks of lines, {len(traces)} message traces")
     if not any(chunks):
         return 0
     await conn.execute(_STAGING_DDL)
 
     async def source() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
+        for number, chunk in enumerate(chunks, 1):
+            yield chunk.replace(b"\n", b"\t%d\n" % number)
 
     await conn.copy_to_table(
-        "events_staging", source=source(), columns=COPY_COLUMNS, format="text", null=_NULL
+        "events_staging", source=source(), columns=_STAGED_COLUMNS, format="text", null=_NULL
     )
+    received = [t.received_at for t in traces]
+    sequences = [t.stream_seq for t in traces]
     # Two writers can still meet on the same rows in opposite orders (a replacement of an
     # event the other holds). PostgreSQL breaks the cycle by failing one statement; going
     # back to before it and running it again lets the other finish first.
     for attempt in range(_DEADLOCK_RETRIES):
         try:
             async with conn.transaction():  # a savepoint inside the caller's transaction
-                stored = int(await conn.fetchval(_UPSERT_STAGED))
+                stored = int(await conn.fetchval(_UPSERT_STAGED, received, sequences))
             break
         except asyncpg.DeadlockDetectedError:
             if attempt == _DEADLOCK_RETRIES - 1:
@@ -352,8 +383,8 @@ async def insert_copy(conn: Conn, chunks: Sequence[bytes], traces: Sequence[Mess
     correlations = [_correlation_columns(t.correlation_id) for t in traces]
     await conn.execute(
         _INSERT_DELIVERIES,
-        [t.received_at for t in traces],
-        [t.stream_seq for t in traces],
+        received,
+        sequences,
         [c[0] for c in correlations],
         [c[1] for c in correlations],
     )

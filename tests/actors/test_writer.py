@@ -198,10 +198,16 @@ async def test_a_gateways_own_correlation_id_is_kept_once_per_message_as_a_uuid(
     assert stored is not None and stored["correlation_id"] == cid
 
 
+def _iso_time_fields(event: dict[str, Any]) -> list[bytes]:
+    """A line's fields as gateways before microseconds encoded them: the event time in ISO."""
+    fields = storage.copy_row(event_row(event), dump_json(event)).rstrip(b"\n").split(b"\t")
+    fields[1] = event_row(event).event_time.isoformat().encode()
+    return fields
+
+
 def _keyless_fields(event: dict[str, Any]) -> list[bytes]:
     """A line's fields as gateways before migration 0016 encoded them: without the key."""
-    fields = storage.copy_row(event_row(event), dump_json(event)).rstrip(b"\n").split(b"\t")
-    return fields[:-1]
+    return _iso_time_fields(event)[:-1]
 
 
 def _legacy_line(event: dict[str, Any], correlation_id: str) -> bytes:
@@ -214,7 +220,7 @@ def _legacy_line(event: dict[str, Any], correlation_id: str) -> bytes:
     return b"\t".join([*fields, correlation_id.encode(), RECEIVED.encode()]) + b"\n"
 
 
-@pytest.mark.parametrize("layout", ["before 0013", "before 0016"])
+@pytest.mark.parametrize("layout", ["before 0013", "before 0016", "ISO event time"])
 async def test_lines_of_earlier_layouts_are_stored_as_they_were_meant(
     writer: Writer, database_migrated: str, layout: str
 ) -> None:
@@ -224,19 +230,23 @@ async def test_lines_of_earlier_layouts_are_stored_as_they_were_meant(
     events[0]["eventId"] = "fb-tab\there"
     if layout == "before 0013":
         body = b"".join(_legacy_line(e, "old-gw") for e in events)
-    else:
+    elif layout == "before 0016":
         body = b"".join(b"\t".join(_keyless_fields(e)) + b"\n" for e in events)
+    else:
+        body = b"".join(b"\t".join(_iso_time_fields(e)) + b"\n" for e in events)
     message = delivery("facebook", body, "m-old", stream_seq=9, correlation_id="old-gw")
     assert (await writer.write([message])).stored == 3
     rows = await fetch_rows(
         database_migrated,
-        "SELECT event_id, user_id, device, campaign_id, payload, payload_json, correlation_id,"
-        " received_at, stream_seq, event_key::text AS key FROM event_traces ORDER BY event_id",
+        "SELECT event_id, event_time, user_id, device, campaign_id, payload, payload_json,"
+        " correlation_id, received_at, stream_seq, event_key::text AS key FROM event_traces"
+        " ORDER BY event_id",
     )
     for event, row in zip(sorted(events, key=lambda e: e["eventId"]), rows, strict=True):
         assert row["event_id"] == event["eventId"]
         assert row["key"].replace("-", "") == storage.event_key(event["eventId"])
         assert orjson.loads(storage.event_json(row)) == event
+        assert row["event_time"] == event_row(event).event_time
         assert row["device"] == event_row(event).device
         assert row["campaign_id"] == event_row(event).campaign_id
         assert (row["correlation_id"], row["stream_seq"]) == ("old-gw", 9)

@@ -188,6 +188,30 @@ async def test_typed_columns_are_stored(pool: asyncpg.Pool) -> None:
     assert tt["correlation_id"] is None
 
 
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:58.500001Z",
+        "2026-11-27T12:00:00.123456+02:00",
+        "9999-12-31T23:59:59.999999Z",
+    ],
+)
+async def test_the_event_time_is_stored_to_the_microsecond_in_every_year(
+    pool: asyncpg.Pool, timestamp: str
+) -> None:
+    # Writers send it as microseconds since 1970, which PostgreSQL turns back into a time.
+    event = Generator(4, clock=lambda: NOW).facebook("ad.click")
+    event["timestamp"] = timestamp
+    assert await insert(pool, [staged(event)]) == 1
+    row = await pool.fetchrow(
+        "SELECT event_time, last_event_time FROM events JOIN deliveries"
+        " USING (received_at, stream_seq)"
+    )
+    assert row is not None
+    assert row["event_time"] == row["last_event_time"] == parse_timestamp(timestamp)
+
+
 @pytest.mark.parametrize("early_first", [True, False], ids=["early-first", "late-first"])
 async def test_the_same_event_id_twice_in_a_batch_keeps_the_earliest_received(
     pool: asyncpg.Pool, early_first: bool
@@ -298,10 +322,9 @@ async def test_copy_escapes_round_trip_every_typed_column_and_the_payload(
     assert b"\n" in raw and b"\t" in raw
     line = storage.copy_row(schema.event_row(event), raw)
     async with pool.acquire() as conn, conn.transaction():
-        lines = storage.with_delivery(line, RECEIVED, 3)
-        assert storage.without_delivery(lines) == line.rstrip(b"\n")
+        assert storage.current_lines(line) == line
         trace = storage.MessageTrace(RECEIVED, 3, text)
-        assert await storage.insert_copy(conn, [lines], [trace]) == 1
+        assert await storage.insert_copy(conn, [line], [trace]) == 1
     row = await pool.fetchrow(
         "SELECT event_id, user_id, country, city, campaign_id, correlation_id,"
         " payload, payload_json, stream_seq FROM event_traces"
