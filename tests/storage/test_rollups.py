@@ -173,6 +173,59 @@ async def _tuples_read(conn: storage.Conn, tables: tuple[str, ...]) -> int:
     return int(read or 0)
 
 
+_BUILDERS = ("adfunnel_rollups_statement", "adfunnel_count_added", "adfunnel_count_removed")
+
+
+async def _calls(conn: storage.Conn) -> dict[str, int]:
+    """How often the triggers' statement builders were called so far (`track_functions`)."""
+    # A backend's counts reach the shared statistics when it is next idle.
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = await conn.fetch(
+        "SELECT p.proname, coalesce(f.calls, 0) AS calls FROM pg_proc p"
+        " LEFT JOIN pg_stat_user_functions f ON f.funcid = p.oid WHERE p.proname = ANY($1)",
+        list(_BUILDERS),
+    )
+    return {row["proname"]: row["calls"] for row in rows}
+
+
+@pytest.mark.integration
+async def test_a_trigger_with_no_rows_builds_no_statement(database: str) -> None:
+    """A writer's upsert fires the update triggers too, nearly always on no rows."""
+    generator = Generator(seed=12)
+    events = [generator.event(BASE + timedelta(minutes=i)) for i in range(40)]
+    early = BASE + timedelta(days=1)
+    steps = {
+        "new": [staged(e, early, 2) for e in events],
+        # All duplicates, received later: no row to insert or replace.
+        "duplicates": [staged(e, early + timedelta(seconds=1), 3) for e in events],
+        # Earlier copies of two events, committed late, replace them.
+        "replacing": [staged(e, early - timedelta(seconds=1), 1) for e in events[:2]],
+    }
+    pool = await storage.create_pool(database, size=1)
+    calls: dict[str, dict[str, int]] = {}
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            await conn.execute("SET track_functions = 'all'")
+            for step, batch in steps.items():
+                before = await _calls(conn)
+                async with conn.transaction():
+                    await storage.insert_events(conn, batch)
+                after = await _calls(conn)
+                calls[step] = {name: after[name] - before[name] for name in _BUILDERS}
+            assert not await storage.rollup_mismatches(conn)
+            assert await storage.demographic_mismatches(conn) == {}
+    finally:
+        await pool.close()
+    rollups, added, removed = _BUILDERS
+    assert calls == {
+        "new": {rollups: 1, added: 1, removed: 0},
+        "duplicates": {rollups: 0, added: 0, removed: 0},
+        "replacing": {rollups: 1, added: 1, removed: 1},
+    }
+
+
 @pytest.mark.integration
 async def test_a_batch_of_a_user_with_100000_events_reads_none_of_them(database: str) -> None:
     """SPEC §3: storing an event costs the same however many events its user has."""
@@ -350,7 +403,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == [17, 18]
+            assert await storage.migrate(conn) == [17, 18, 19]
             assert await conn.fetchval("SELECT count(*) FROM repeat_user_copies") == copied
             assert await storage.demographic_mismatches(conn) == {}
             await same_demographics(conn, rng)
