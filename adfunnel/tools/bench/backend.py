@@ -1,0 +1,137 @@
+"""PostgreSQL's CPU per stored event on one connection: the writers' statements without Ray.
+
+    python -m adfunnel.tools.bench.backend [DATABASE_URL] [--batches 16] [--batch 16000]
+        [--returning SHARE] [--hot-users N] [--warmup 4]
+
+Generated events, stamped 3.75 ms apart (a 16,000-event batch covers a minute), go through
+`storage.insert_events` on one connection with the writers' session settings, one
+transaction per batch of messages of 1,000 events, into a new database on the server (or
+on the embedded PostgreSQL in a temporary directory). The backend's CPU time is read from
+`/proc` around each batch, so the server must run on this machine; the first `--warmup`
+batches are left out. Far steadier than the whole-system ledger of `adfunnel bench` (no
+gateway, no Ray, no other writer), and the other PostgreSQL processes (WAL writer,
+checkpointer, autovacuum) are not in it. Figures belong in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from adfunnel import embedded, storage
+from adfunnel.schema import event_row
+from adfunnel.storage import StagedEvent
+from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
+
+_PER_MESSAGE = 1_000
+_STEP = timedelta(microseconds=3_750)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process of this machine, from `/proc`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(
+    target: str, *, batches: int, batch: int, warmup: int, returning: float, hot_users: int
+) -> tuple[float, int]:
+    """Store the batches in database `target` (migrated here); returns the backend's µs of
+    CPU per event after the warm-up, and the events stored in all."""
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def clock() -> datetime:
+        nonlocal moment
+        moment += _STEP
+        return moment
+
+    generator = Generator(seed=7, clock=clock, returning_share=returning, hot_users=hot_users)
+    pool = await storage.create_pool(target, size=1)
+    spent, counted = 0.0, 0
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
+            for number in range(batches):
+                events = []
+                for message in range(0, batch, _PER_MESSAGE):
+                    received = moment
+                    sequence = number * batch + message + 1
+                    for _ in range(min(_PER_MESSAGE, batch - message)):
+                        made = generator.event()
+                        events.append(
+                            StagedEvent(
+                                event_row(made),
+                                orjson.dumps(made).decode(),
+                                "bench",
+                                received,
+                                sequence,
+                            )
+                        )
+                before = cpu_seconds(pid)
+                async with conn.transaction():
+                    await storage.insert_events(conn, events)
+                if number >= warmup:
+                    spent += cpu_seconds(pid) - before
+                    counted += len(events)
+            stored = int(await conn.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await pool.close()
+    return spent / max(counted, 1) * 1e6, stored
+
+
+async def _measure(dsn: str, options: argparse.Namespace, mix: tuple[float, int]) -> float:
+    target = await storage.prepared_database(dsn, f"bench_backend_{uuid.uuid4().hex[:12]}")
+    per_event, _ = await run(
+        target,
+        batches=options.batches,
+        batch=options.batch,
+        warmup=options.warmup,
+        returning=mix[0],
+        hot_users=mix[1],
+    )
+    return per_event
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("database_url", nargs="?", help="a server on this machine")
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16_000, help="events per transaction")
+    parser.add_argument("--warmup", type=int, default=4, help="batches left out")
+    parser.add_argument("--returning", type=float, default=DEFAULT_RETURNING_SHARE)
+    parser.add_argument("--hot-users", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        returning, hot_users, _ = user_mix(args.returning, args.hot_users)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.batches <= args.warmup:
+        parser.error("--batches must be more than --warmup")
+    with tempfile.TemporaryDirectory() as folder:
+        server = None
+        dsn = args.database_url
+        if dsn is None:
+            server = embedded.start_postgres(Path(folder) / "bench")
+            dsn = server.url
+        try:
+            per_event = asyncio.run(_measure(dsn, args, (returning, hot_users)))
+        finally:
+            if server is not None:
+                server.stop()
+    counted = (args.batches - args.warmup) * args.batch
+    print(
+        f"PostgreSQL backend: {per_event:.2f} us of CPU per event over {counted:,} events"
+        f" (returning {returning}, hot users {hot_users}, {args.batch:,} per batch)"
+    )
+
+
+if __name__ == "__main__":
+    main()
