@@ -8,9 +8,11 @@ Generated events, stamped 3.75 ms apart (a 16,000-event batch covers a minute), 
 transaction per batch of messages of 1,000 events, into a new database on the server (or
 on the embedded PostgreSQL in a temporary directory). The backend's CPU time is read from
 `/proc` around each batch, so the server must run on this machine; the first `--warmup`
-batches are left out. Far steadier than the whole-system ledger of `adfunnel bench` (no
-gateway, no Ray, no other writer), and the other PostgreSQL processes (WAL writer,
-checkpointer, autovacuum) are not in it. Figures belong in docs/performance.md.
+batches are left out. What a change to the writers' SQL costs, apart from the gateway, Ray
+and the other writer; the other PostgreSQL processes (WAL writer, checkpointer,
+autovacuum) are not in it. Against a server run under `valgrind --tool=callgrind` it makes
+the same statements for an instruction count, which does not drift with the machine.
+Figures belong in docs/performance.md.
 """
 
 from __future__ import annotations
