@@ -145,9 +145,9 @@ def encode_batch(
     """Group a request's events by subject and cut them into bounded messages.
 
     An event travels as the line the writers COPY (`storage.copy_row`): its typed columns,
-    payload and key; what the message's headers say for all its events (received time,
-    correlation id) and its stream sequence are stored once per message. A rejection travels
-    as a JSON line with its reason, index and payload.
+    payload and key; what all its events share (received time and correlation id, in the
+    message's headers, and the stream sequence JetStream gives it) travels once per message.
+    A rejection travels as a JSON line with its reason, index and payload.
     """
     base = {HEADER_CORRELATION: correlation_id, HEADER_RECEIVED_AT: received_at.isoformat()}
     by_subject: dict[str, list[tuple[str, bytes]]] = {}
