@@ -47,11 +47,17 @@ CREATE TEMP TABLE IF NOT EXISTS events_staging (
     seq bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 """
-# Exact over every year a timestamp may have: each product stays below 2^53.
-_EVENT_TIME = (
-    "timestamptz '1970-01-01 00:00:00+00' + (s.event_us / 1000000) * interval '1 second'"
-    " + (s.event_us % 1000000) * interval '1 microsecond'"
-)
+
+
+def _from_micros(column: str) -> str:
+    """SQL of the time `column` holds in microseconds since 1970, exact over every year a
+    timestamp may have: each product stays below 2^53."""
+    return (
+        f"timestamptz '1970-01-01 00:00:00+00' + ({column} / 1000000) * interval '1 second'"
+        f" + ({column} % 1000000) * interval '1 microsecond'"
+    )
+
+
 # The batch's messages, numbered from 1 in the order of its chunks.
 _MESSAGES = (
     "unnest($1::timestamptz[], $2::bigint[]) WITH ORDINALITY"
@@ -71,7 +77,7 @@ _DEADLOCK_RETRIES = 5
 _STORED_LIST = ", ".join(COPY_COLUMNS)
 _STAGED_VALUES = ", ".join(
     (
-        *(_EVENT_TIME if c == "event_time" else f"s.{c}" for c in LINE_COLUMNS),
+        *(_from_micros("s.event_us") if c == "event_time" else f"s.{c}" for c in LINE_COLUMNS),
         *(f"m.{c}" for c in DELIVERY_COLUMNS),
     )
 )
@@ -97,7 +103,7 @@ _INSERT_DELIVERIES = f"""
 INSERT INTO deliveries
     (received_at, stream_seq, correlation_uuid, correlation_id, last_event_time)
 SELECT m.received_at, m.stream_seq, m.correlation_uuid, m.correlation_id,
-    {_EVENT_TIME.replace("s.event_us", "s.last_us")}
+    {_from_micros("s.last_us")}
 FROM unnest($1::timestamptz[], $2::bigint[], $3::uuid[], $4::text[]) WITH ORDINALITY
     AS m (received_at, stream_seq, correlation_uuid, correlation_id, message)
 JOIN (SELECT message, max(event_us) AS last_us FROM events_staging GROUP BY 1) s

@@ -159,11 +159,17 @@ async def same_demographics(conn: storage.Conn, rng: random.Random) -> None:
         )
 
 
+async def _flush_statistics(conn: storage.Conn) -> None:
+    """Make this backend's counts so far visible: they reach the shared statistics when it
+    is next idle, and a read within a snapshot would not see them."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+
+
 async def _tuples_read(conn: storage.Conn, tables: tuple[str, ...]) -> int:
     """Rows the server has read from `tables` so far: sequentially, and index entries (an
     index-only probe reads no row but still an entry)."""
-    await conn.execute("SELECT pg_stat_force_next_flush()")
-    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    await _flush_statistics(conn)
     read = await conn.fetchval(
         "SELECT (SELECT sum(coalesce(seq_tup_read, 0)) FROM pg_stat_user_tables"
         "  WHERE relname = ANY($1))"
@@ -178,9 +184,7 @@ _BUILDERS = ("adfunnel_rollups_statement", "adfunnel_count_added", "adfunnel_cou
 
 async def _calls(conn: storage.Conn) -> dict[str, int]:
     """How often the triggers' statement builders were called so far (`track_functions`)."""
-    # A backend's counts reach the shared statistics when it is next idle.
-    await conn.execute("SELECT pg_stat_force_next_flush()")
-    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    await _flush_statistics(conn)
     rows = await conn.fetch(
         "SELECT p.proname, coalesce(f.calls, 0) AS calls FROM pg_proc p"
         " LEFT JOIN pg_stat_user_functions f ON f.funcid = p.oid WHERE p.proname = ANY($1)",

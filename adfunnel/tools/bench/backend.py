@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,16 +29,18 @@ import orjson
 from adfunnel import embedded, storage
 from adfunnel.schema import event_row
 from adfunnel.storage import StagedEvent
+from adfunnel.tools.bench.system import read_proc
 from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
 
 _PER_MESSAGE = 1_000
 _STEP = timedelta(microseconds=3_750)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process of this machine, from `/proc`."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(pid: int) -> float:
+    sample = read_proc(pid)
+    if sample is None:
+        raise RuntimeError(f"no process {pid} on this machine: the server must run here")
+    return sample.cpu_s
 
 
 async def run(
@@ -77,11 +78,11 @@ async def run(
                                 sequence,
                             )
                         )
-                before = cpu_seconds(pid)
+                before = _cpu_seconds(pid)
                 async with conn.transaction():
                     await storage.insert_events(conn, events)
                 if number >= warmup:
-                    spent += cpu_seconds(pid) - before
+                    spent += _cpu_seconds(pid) - before
                     counted += len(events)
             stored = int(await conn.fetchval("SELECT count(*) FROM events"))
     finally:
