@@ -22,8 +22,8 @@ def stored(system: Deployed, ids: list[str]) -> dict[str, Any]:
     """Stored rows of these event ids, by id (count per id included)."""
     rows = db_fetch(
         system.settings["database_url"],
-        "SELECT event_id, user_id, count(*) OVER (PARTITION BY event_id) AS n, correlation_id,"
-        " payload, payload_json FROM event_traces WHERE event_id = ANY($1)",
+        "SELECT event_id, user_id, event_time, count(*) OVER (PARTITION BY event_id) AS n,"
+        " correlation_id, payload, payload_json FROM event_traces WHERE event_id = ANY($1)",
         ids,
     )
     return {row["event_id"]: {**row, "payload": storage.event_json(row).decode()} for row in rows}

@@ -89,8 +89,8 @@ def test_repaired_rejections_are_stored_once_and_remember_their_replay(system: D
     ids = [event["eventId"] for event in aliens]
     stored = db_fetch(
         database,
-        "SELECT event_id, user_id, correlation_id, payload, payload_json FROM event_traces"
-        " WHERE event_id = ANY($1)",
+        "SELECT event_id, user_id, event_time, correlation_id, payload, payload_json"
+        " FROM event_traces WHERE event_id = ANY($1)",
         ids,
     )
     assert sorted(row["event_id"] for row in stored) == sorted(ids)

@@ -90,9 +90,10 @@ async def ensure_database(server_dsn: str, name: str) -> None:
         await conn.close()
 
 
-async def disk_usage(conn: Conn) -> tuple[int, dict[str, int]]:
-    """How many events are stored, and the bytes on disk of every table of the project,
-    its indexes and TOAST included (SPEC §9), largest first."""
+async def disk_usage(conn: Conn) -> tuple[int, dict[str, int], dict[str, int]]:
+    """How many events are stored, the bytes on disk of every table of the project, its
+    indexes and TOAST included (SPEC §9), and those of `events` apart: its rows (`heap`,
+    TOAST included) and each of its indexes; each largest first."""
     events = await conn.fetchval("SELECT count(*) FROM events")
     rows = await conn.fetch(
         "SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes FROM pg_class c"
@@ -100,4 +101,13 @@ async def disk_usage(conn: Conn) -> tuple[int, dict[str, int]]:
         " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
         " ORDER BY 2 DESC, 1"
     )
-    return int(events), {row["name"]: int(row["bytes"]) for row in rows}
+    parts = await conn.fetch(
+        "SELECT 'heap' AS name, pg_table_size('events'::regclass) AS bytes"
+        " UNION ALL SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid)"
+        " FROM pg_index i WHERE i.indrelid = 'events'::regclass ORDER BY 2 DESC, 1"
+    )
+    return (
+        int(events),
+        {row["name"]: int(row["bytes"]) for row in rows},
+        {row["name"]: int(row["bytes"]) for row in parts},
+    )

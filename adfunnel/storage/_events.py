@@ -19,7 +19,7 @@ from adfunnel.storage._filters import (
     segment_condition,
     where_clause,
 )
-from adfunnel.storage._payloads import decompress
+from adfunnel.storage._payloads import decompress, row_ids
 from adfunnel.storage._writes import event_key
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 async def fetch_event(conn: Conn, event_id: str) -> asyncpg.Record | None:
     """The stored event with its trace columns, or None; `event_json` reads its payload."""
     return await conn.fetchrow(
-        "SELECT event_id, user_id, payload, payload_json, correlation_id, received_at,"
+        "SELECT event_id, user_id, event_time, payload, payload_json, correlation_id,"
+        " received_at,"
         " stored_at FROM event_traces WHERE event_key = $1 AND event_id = $2",
         event_key(event_id),
         event_id,
@@ -64,11 +65,12 @@ async def count_stored(conn: Conn, event_ids: Sequence[str]) -> int:
 
 
 def event_json(row: Any) -> bytes:
-    """The JSON of a stored event, from a row with its `event_id`, `user_id`, `payload` and
-    `payload_json`: the compressed form, or the text of a row stored before payloads were
-    compressed."""
+    """The JSON of a stored event, from a row with its `event_id`, `user_id`, `event_time`,
+    `payload` and `payload_json`: the compressed form, or the text of a row stored before
+    payloads were compressed."""
     if row["payload"] is not None:
-        return decompress(row["payload"], (row["event_id"], row["user_id"]))
+        ids = row_ids(row["event_id"], row["user_id"], row["event_time"])
+        return decompress(row["payload"], ids)
     return str(row["payload_json"]).encode()
 
 

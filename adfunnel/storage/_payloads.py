@@ -8,15 +8,19 @@ its dictionary, so rows stay readable after a new dictionary is shipped
 (`python -m adfunnel.tools.train_dictionary`): a dictionary that compressed a row is never
 removed.
 
-The eventId and userId are random and so cost a third of the compressed bytes, while the
-row keeps both in its own columns anyway. So the gateway cuts them out of the bytes before
-compressing and records where they were, and a reader puts them back from the row. Rows
-stored before that hold a bare frame, whose first byte is never the marker's.
+The eventId and userId are random and so cost a third of the compressed bytes, and the
+event's timestamp another tenth, while the row keeps all three in its own columns anyway.
+So the gateway cuts them out of the bytes before compressing and records where they were,
+and a reader puts them back from the row (`row_ids`). A frame's first four bytes, zstd's
+magic number, are the same in every frame and are left out too. Rows stored before that hold
+a bare frame, whose first byte is never a marker's, or one with only the two ids cut
+(`_CUT_IDS`).
 """
 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from importlib import resources
 
 import zstandard
@@ -57,8 +61,15 @@ def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
 
 
 # First byte of a payload with ids cut out: then, per id, 1 + where it was (0: not found) as
-# a LEB128 varint, then the zstd frame of what is left.
-_CUT = 1
+# a LEB128 varint, then the zstd frame of what is left. Rows of 0011 to 0019 cut the two ids
+# and kept the whole frame (`_CUT_IDS`); since, the time is cut too and the frame's magic
+# number is left out (`_CUT`).
+_CUT_IDS = 1
+_CUT = 2
+_MAGIC = b"\x28\xb5\x2f\xfd"
+# Which of `row_ids` each kind cuts, in the order it cuts them: the order the publisher
+# writes them in, so that one scan finds all three.
+_CUTS = {_CUT_IDS: (0, 1), _CUT: (0, 2, 1)}
 
 
 def _encode_varint(value: int) -> bytes:
@@ -80,52 +91,99 @@ def _varint(value: int) -> bytes:
     return _SMALL_VARINTS[value] if value < _SMALL else _encode_varint(value)
 
 
-def compress(payload: bytes, ids: tuple[str, ...] = ()) -> bytes:
-    """An event's JSON bytes compressed, as a zstd frame naming the current dictionary; with
-    `ids` (the row's eventId and userId) cut out of the bytes first when they occur in them."""
-    compressor = _compressor()
-    if len(ids) == 2:
-        # The usual case, once per event: both ids in the payload, the eventId first.
-        try:
-            first, second = ids[0].encode(), ids[1].encode()
-        except UnicodeEncodeError:  # a lone surrogate: the general case below
-            first = second = b""
-        at = payload.find(first) if first and second else -1
-        after = at + len(first)
-        then = payload.find(second, after) if at >= 0 else -1
-        if 0 <= then < _SMALL:
-            return b"".join(
-                (
-                    _CUT_MARK,
-                    _SMALL_VARINTS[at + 1],
-                    _SMALL_VARINTS[then - len(first) + 1],
-                    compressor.compress(
-                        payload[:at] + payload[after:then] + payload[then + len(second) :]
-                    ),
-                )
+# The publisher writes JavaScript's `toISOString()`; the events of one request share a few
+# hundred timestamps at most, so their texts are remembered. Bounded, and dropped whole when
+# full: any thread may clear it.
+_TIMES: dict[datetime, str] = {}
+_TIMES_MAX = 8192
+
+
+def time_text(moment: datetime) -> str:
+    """`moment` as `toISOString()` writes it (UTC, milliseconds, `Z`); "" when that text
+    would not be exactly `moment` (a finer fraction), so nothing is cut for it."""
+    text = _TIMES.get(moment)
+    if text is None:
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        at = moment.astimezone(UTC)
+        text = ""
+        if at.microsecond % 1000 == 0:
+            text = (
+                f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}"
+                f":{at.second:02d}.{at.microsecond // 1000:03d}Z"
             )
-    elif not ids:
-        return compressor.compress(payload)
-    marks = bytearray((_CUT,))
+        _TIMES[moment] = text
+    return text
+
+
+def row_ids(event_id: str, user_id: str, event_time: datetime) -> tuple[str, str, str]:
+    """What `compress` cuts out of a payload, from the columns of its row: the eventId, the
+    userId and the event time's text."""
+    return event_id, user_id, time_text(event_time)
+
+
+def cut(payload: bytes, ids: tuple[str, ...]) -> tuple[bytes, bytes]:
+    """`payload` without `ids` (`row_ids` of its row) wherever they occur in it, and the
+    marks of a payload that say where they were."""
+    if len(ids) != len(_CUTS[_CUT]):
+        raise ValueError(f"a payload is stored with {len(_CUTS[_CUT])} ids cut, not {len(ids)}")
+    # The usual case, once per event: all three in the payload, in the order cut.
+    try:
+        first, second, third = ids[0].encode(), ids[2].encode(), ids[1].encode()
+    except UnicodeEncodeError:  # a lone surrogate: the general case below
+        first = b""
+    one = payload.find(first) if first else -1
+    two = payload.find(second, one + len(first)) if one >= 0 and second else -1
+    three = payload.find(third, two + len(second)) if two >= 0 and third else -1
+    if 0 <= three < _SMALL:
+        marks = b"".join(
+            (
+                _CUT_MARK,
+                _SMALL_VARINTS[one + 1],
+                _SMALL_VARINTS[two - len(first) + 1],
+                _SMALL_VARINTS[three - len(first) - len(second) + 1],
+            )
+        )
+        rest = b"".join(
+            (
+                payload[:one],
+                payload[one + len(first) : two],
+                payload[two + len(second) : three],
+                payload[three + len(third) :],
+            )
+        )
+        return rest, marks
+    found = [_CUT_MARK]
     rest = payload
-    for value in ids:
-        cut = value.encode("utf-8", "surrogatepass")
-        at = rest.find(cut) if cut else -1
+    for index in _CUTS[_CUT]:
+        value = ids[index].encode("utf-8", "surrogatepass")
+        at = rest.find(value) if value else -1
         if at >= 0:
-            rest = rest[:at] + rest[at + len(cut) :]
-        marks += _varint(at + 1)
-    return bytes(marks) + compressor.compress(rest)
+            rest = rest[:at] + rest[at + len(value) :]
+        found.append(_varint(at + 1))
+    return rest, b"".join(found)
+
+
+def compress(payload: bytes, ids: tuple[str, ...] = ()) -> bytes:
+    """An event's JSON bytes compressed with the current dictionary; with `ids` (`row_ids`
+    of its row) cut out of the bytes first, and the frame without zstd's magic number."""
+    frame = _compressor().compress
+    if not ids:
+        return frame(payload)
+    rest, marks = cut(payload, ids)
+    return marks + frame(rest)[len(_MAGIC) :]
 
 
 def decompress(blob: bytes, ids: tuple[str, ...] = ()) -> bytes:
     """The JSON bytes `compress` was given: `ids` must be the ones it was given."""
-    if blob[:1] != _CUT_MARK:
+    order = _CUTS.get(blob[0]) if blob else None
+    if order is None:
         return _frame(blob)
-    if not ids:
-        raise ValueError("a payload with its ids cut out needs them back")
+    if len(ids) < len(order):
+        raise ValueError(f"a payload with {len(order)} ids cut out needs them back")
     places = []
     position = 1
-    for _ in ids:
+    for _ in order:
         place = shift = 0
         while True:
             byte = blob[position]
@@ -135,10 +193,12 @@ def decompress(blob: bytes, ids: tuple[str, ...] = ()) -> bytes:
             if byte < 0x80:
                 break
         places.append(place)
-    text = _frame(blob[position:])
-    for value, place in reversed(list(zip(ids, places, strict=True))):
+    frame = blob[position:] if blob[0] == _CUT_IDS else _MAGIC + blob[position:]
+    text = _frame(frame)
+    for index, place in reversed(list(zip(order, places, strict=True))):
         if place:
-            text = text[: place - 1] + value.encode("utf-8", "surrogatepass") + text[place - 1 :]
+            value = ids[index].encode("utf-8", "surrogatepass")
+            text = text[: place - 1] + value + text[place - 1 :]
     return text
 
 

@@ -20,7 +20,7 @@ import asyncpg
 import zstandard
 
 from adfunnel.schema import EventRow, parse_timestamp
-from adfunnel.storage._payloads import compress, decompress
+from adfunnel.storage._payloads import compress, decompress, row_ids, time_text
 
 if TYPE_CHECKING:
     from adfunnel.storage._database import Conn
@@ -195,7 +195,7 @@ def event_key(event_id: str) -> str:
 
 def _copy_payload(payload: bytes, row: EventRow) -> bytes:
     # bytea in hex: `\x` and two digits a byte, its backslash doubled for COPY.
-    return b"\\\\x" + binascii.hexlify(compress(payload, (row[0], row[5])))
+    return b"\\\\x" + binascii.hexlify(compress(payload, row_ids(row[0], row[5], row[1])))
 
 
 # Converting a datetime to microseconds costs ~0.3 us, as much as the rest of a row's typed
@@ -331,7 +331,11 @@ def copy_payload_text(line: bytes) -> str:
     if not is_copy_line(line):
         return line.rstrip(b"\n").decode("utf-8", errors="replace")
     field = _copy_field(line, COPY_COLUMNS.index("payload"))
-    ids = (_copy_field(line, 0), _copy_field(line, EVENT_COLUMNS.index("user_id")))
+    try:
+        time = time_text(_EPOCH + int(_copy_field(line, 1)) * _MICROSECOND)
+    except (ValueError, OverflowError):
+        time = ""  # an earlier layout's ISO time, or none: not in that payload's cuts
+    ids = (_copy_field(line, 0), _copy_field(line, EVENT_COLUMNS.index("user_id")), time)
     try:
         return decompress(binascii.unhexlify(field.removeprefix("\\x")), ids).decode()
     except (ValueError, IndexError, zstandard.ZstdError):

@@ -6,26 +6,45 @@ Writes `adfunnel/storage/dictionaries/payload-<id>.zdict` with the next free id.
 name the dictionary they were compressed with (zstd writes its id into every frame), so
 every dictionary that ever compressed a row must stay in the package; a new one only changes
 what new rows use. The samples are the publisher's formats (`Generator`): every event type,
-returning users, corrupted-free.
+returning users, corrupted-free; each as it is compressed, without what `_payloads.cut`
+takes out of it (the eventId, userId and time its row keeps). Their times are spread over
+four years: a dictionary of the day it was trained on would compress that day's other times
+(`actionTime`) better than those of any later day.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import orjson
 import zstandard
 
+from adfunnel.schema import event_row
+from adfunnel.storage._payloads import cut, row_ids
 from adfunnel.tools.generator import Generator
+
+
+def _as_compressed(event: dict[str, Any]) -> bytes:
+    row = event_row(event)
+    return cut(orjson.dumps(event), row_ids(row.event_id, row.user_id, row.event_time))[0]
 
 
 def train(events: int, size: int, dict_id: int) -> zstandard.ZstdCompressionDict:
     """A dictionary of `size` bytes from `events` publisher-shaped events."""
-    generator = Generator(seed=20261205, returning_share=0.3)
+    moment, step = datetime(2025, 1, 1, tzinfo=UTC), timedelta(days=4 * 365) / events
+
+    def clock() -> datetime:
+        nonlocal moment
+        moment += step
+        return moment
+
+    generator = Generator(seed=20261205, clock=clock, returning_share=0.3)
     samples: list[bytes | bytearray | memoryview] = [
-        orjson.dumps(event) for event in generator.batch(events, out_of_order_share=0.05)
+        _as_compressed(event) for event in generator.batch(events, out_of_order_share=0.05)
     ]
     return zstandard.train_dictionary(size, samples, dict_id=dict_id)
 

@@ -164,7 +164,7 @@ async def test_rows_carry_the_delivery_metadata(writer: Writer, database_migrate
     )
     (row,) = await fetch_rows(
         database_migrated,
-        "SELECT event_id, user_id, payload, payload_json, correlation_id, received_at,"
+        "SELECT event_id, user_id, event_time, payload, payload_json, correlation_id, received_at,"
         " stream_seq, stored_at FROM event_traces",
     )
     assert orjson.loads(storage.event_json(row)) == event
@@ -395,7 +395,7 @@ async def test_a_nul_escape_in_the_payload_is_stored_as_sent(
     result = await writer.write([delivery("facebook", event_lines([poison]), "m-nul")])
     assert (result.stored, result.rejected) == (1, 0)
     (row,) = await fetch_rows(
-        database_migrated, "SELECT event_id, user_id, payload, payload_json FROM events"
+        database_migrated, "SELECT event_id, user_id, event_time, payload, payload_json FROM events"
     )
     assert orjson.loads(storage.event_json(row)) == poison
 
@@ -443,7 +443,7 @@ async def test_an_integer_beyond_64_bits_in_an_extra_field_is_stored_exactly(
     result = await writer.write([delivery("facebook", event_lines([event]), "m-big")])
     assert (result.stored, result.rejected) == (1, 0)
     (row,) = await fetch_rows(
-        database_migrated, "SELECT event_id, user_id, payload, payload_json FROM events"
+        database_migrated, "SELECT event_id, user_id, event_time, payload, payload_json FROM events"
     )
     assert b"123456789012345678901234567890" in storage.event_json(row)
 

@@ -13,7 +13,7 @@ import pytest
 from adfunnel import storage
 from adfunnel.schema import event_row
 from adfunnel.storage import EventFilters, StagedEvent
-from adfunnel.storage._payloads import compress
+from adfunnel.storage._payloads import compress, row_ids
 from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ async def test_rows_stored_before_0016_get_their_keys_and_keep_working(
             " device, payload, received_at, stream_seq)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1)",
             *row,
-            compress(orjson.dumps(event), (row.event_id, row.user_id)),
+            compress(orjson.dumps(event), row_ids(row.event_id, row.user_id, row.event_time)),
             NOW,
         )
     assert (await storage.migrate(conn))[0] == 16

@@ -550,7 +550,7 @@ CAMPAIGNS = st.one_of(st.none(), st.sampled_from((*CAMPAIGN_IDS, "cmp-nobody-run
 
 def test_the_stored_copy_of_each_event_is_the_earliest_received(loaded: Loaded) -> None:
     rows = loaded.runner.run(
-        loaded.pool.fetch("SELECT event_id, user_id, payload, payload_json FROM events")
+        loaded.pool.fetch("SELECT event_id, user_id, event_time, payload, payload_json FROM events")
     )
     stored = {r["event_id"]: orjson.loads(storage.event_json(r)) for r in rows}
     winners = {f.event_id: f for f in loaded.facts}

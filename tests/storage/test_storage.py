@@ -74,9 +74,8 @@ async def insert(pool: asyncpg.Pool, events: list[StagedEvent]) -> int:
 
 async def stored(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
     row = await pool.fetchrow(
-        "SELECT event_id, user_id, payload, payload_json, received_at, stored_at, stream_seq,"
-        " correlation_id,"
-        " event_type FROM event_traces WHERE event_id = $1",
+        "SELECT event_id, user_id, event_time, payload, payload_json, received_at, stored_at,"
+        " stream_seq, correlation_id, event_type FROM event_traces WHERE event_id = $1",
         event_id,
     )
     assert row is not None, event_id
@@ -326,7 +325,7 @@ async def test_copy_escapes_round_trip_every_typed_column_and_the_payload(
         trace = storage.MessageTrace(RECEIVED, 3, text)
         assert await storage.insert_copy(conn, [line], [trace]) == 1
     row = await pool.fetchrow(
-        "SELECT event_id, user_id, country, city, campaign_id, correlation_id,"
+        "SELECT event_id, user_id, event_time, country, city, campaign_id, correlation_id,"
         " payload, payload_json, stream_seq FROM event_traces"
     )
     assert row is not None

@@ -71,6 +71,10 @@ async def test_a_small_run_accounts_every_accepted_event(system: Deployed) -> No
     assert results.stored_events == stored and by_table["events"] > 0
     assert sum(by_table.values()) == pytest.approx(figures["disk_bytes_per_event"], abs=1)
     assert by_table["events"] == max(by_table.values())
+    # `events` apart: its rows and each index, adding up to its share.
+    parts = figures["events_bytes_per_event"]
+    assert {"heap", "events_pkey", "events_time_idx"} <= set(parts)
+    assert sum(parts.values()) == pytest.approx(by_table["events"], abs=1)
 
 
 def test_jetstream_bytes_per_event_are_read_at_the_largest_backlog() -> None:

@@ -197,6 +197,7 @@ class Results:
     # After the run: events stored, and bytes on disk per table (indexes and TOAST included).
     stored_events: int = 0
     disk_bytes: dict[str, int] = field(default_factory=dict)
+    events_disk_bytes: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, PhaseCpu] = field(default_factory=dict)
     soak: SoakRun | None = None
 
@@ -235,6 +236,10 @@ class Results:
             "disk_bytes_per_event": _per_event(sum(self.disk_bytes.values()), self.stored_events),
             "disk_bytes_per_event_by_table": {
                 name: _per_event(size, self.stored_events) for name, size in self.disk_bytes.items()
+            },
+            "events_bytes_per_event": {
+                name: _per_event(size, self.stored_events)
+                for name, size in self.events_disk_bytes.items()
             },
             "jetstream_bytes_per_event": jetstream_bytes_per_event(self.samples),
         }
@@ -658,7 +663,8 @@ async def measure_disk(database_url: str, results: Results) -> None:
     """Bytes on disk per stored event, every table of the project (SPEC §9)."""
     conn = await asyncpg.connect(database_url)
     try:
-        results.stored_events, results.disk_bytes = await storage.disk_usage(conn)
+        usage = await storage.disk_usage(conn)
+        results.stored_events, results.disk_bytes, results.events_disk_bytes = usage
     finally:
         await conn.close()
 
