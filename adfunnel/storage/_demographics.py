@@ -262,6 +262,14 @@ def median_ranks(counted: int) -> tuple[int, int]:
     return (counted + 1) // 2, counted // 2 + 1
 
 
+# The hour of an event as the follower index keys it, and that of a parameter.
+_EVENT_HOUR = "date_trunc('hour', event_time AT TIME ZONE 'UTC')"
+
+
+def _hour(param: str) -> str:
+    return f"date_trunc('hour', {param}::timestamptz AT TIME ZONE 'UTC')"
+
+
 def _follower_statement(filters: EventFilters, params: Params) -> str:
     """Histogram rows (`kind` 'bin') and the exact values of the bins holding the minimum,
     the median and the maximum (`kind` 'value'), in one statement."""
@@ -297,7 +305,14 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
         or "SELECT NULL::bigint AS followers, 0 AS sign WHERE FALSE"
     )
     parts.append("SELECT adfunnel_follower_bin(followers), sign, followers * sign FROM repeat")
-    in_range = " AND ".join(["TRUE", *range_conditions(filters, params)])
+    # The follower index knows the hour of each event (migration 0020): its range is the
+    # range's hours, and the rows are then held to the range itself.
+    in_hours = []
+    if filters.start is not None:
+        in_hours.append(f"{_EVENT_HOUR} >= {_hour(params.add(filters.start))}")
+    if filters.end is not None:
+        in_hours.append(f"{_EVENT_HOUR} <= {_hour(params.add(filters.end))}")
+    in_range = " AND ".join(["TRUE", *in_hours, *range_conditions(filters, params)])
     return (
         f"WITH {''.join(cte + ', ' for cte in ctes)}"
         f"repeat AS MATERIALIZED ({signed}),"

@@ -407,7 +407,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == [17, 18, 19]
+            assert await storage.migrate(conn) == [17, 18, 19, 20]
             assert await conn.fetchval("SELECT count(*) FROM repeat_user_copies") == copied
             assert await storage.demographic_mismatches(conn) == {}
             await same_demographics(conn, rng)

@@ -573,3 +573,28 @@ async def test_a_read_only_pool_can_read_and_never_write(pool: asyncpg.Pool, dat
                 await reader.execute(statement)
     finally:
         await reader.close()
+
+
+async def test_users_of_one_follower_count_in_one_hour_share_an_index_key(
+    pool: asyncpg.Pool,
+) -> None:
+    # 4,000 TikTok users of ten follower counts in one hour: ten keys of the follower index
+    # (migration 0020), each with its list of rows. Keyed by the event time, as before, it
+    # took 4,000 entries of 28 bytes, 16 pages at least.
+    g = Generator(seed=21, clock=lambda: NOW, returning_share=0.0)
+    events = [g.tiktok("like") for _ in range(4_000)]
+    for n, event in enumerate(events):
+        event["timestamp"] = (NOW + timedelta(milliseconds=n)).isoformat()
+        event["data"]["user"]["followers"] = 1_000 * (n % 10)
+    assert await insert(pool, [staged(e) for e in events]) == len(events)
+    pages = await pool.fetchval(
+        "SELECT pg_relation_size('events_tiktok_followers_idx')"
+        " / current_setting('block_size')::int"
+    )
+    assert pages <= 8
+    # The stats read through it stay exact, in a range that starts and ends inside the hour.
+    within = EventFilters(start=NOW + timedelta(seconds=1), end=NOW + timedelta(seconds=3))
+    async with pool.acquire() as conn:
+        stats = await storage.follower_stats(conn, within)
+    assert stats.users == 2_000 and stats.minimum == 0 and stats.maximum == 9_000
+    assert stats.median == 4_500
