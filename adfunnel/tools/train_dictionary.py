@@ -1,6 +1,6 @@
 """Train the zstd dictionary the gateway compresses event payloads with.
 
-    python -m adfunnel.tools.train_dictionary [--events 50000] [--size 16384]
+    python -m adfunnel.tools.train_dictionary [--events 50000] [--size 65536]
 
 Writes `adfunnel/storage/dictionaries/payload-<id>.zdict` with the next free id. Stored rows
 name the dictionary they were compressed with (zstd writes its id into every frame), so
@@ -52,7 +52,7 @@ def train(events: int, size: int, dict_id: int) -> zstandard.ZstdCompressionDict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--size", type=int, default=16_384)
+    parser.add_argument("--size", type=int, default=65_536)
     args = parser.parse_args()
     folder = Path(str(resources.files("adfunnel.storage") / "dictionaries"))
     taken = [int(p.stem.removeprefix("payload-")) for p in folder.glob("payload-*.zdict")]

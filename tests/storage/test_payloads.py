@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from adfunnel.schema import parse_timestamp
 from adfunnel.storage._payloads import (
+    CURRENT,
     DICTIONARIES,
     compress,
     cut,
@@ -39,8 +40,12 @@ def two_ids_cut(raw: bytes, event_id: str, user_id: str) -> bytes:
     rest = raw[:first] + raw[first + len(event_id) :]
     second = rest.index(user_id.encode())
     rest = rest[:second] + rest[second + len(user_id) :]
-    frame = zstandard.ZstdCompressor(level=1, dict_data=DICTIONARIES[1]).compress(rest)
-    return b"\x01" + leb128(first + 1) + leb128(second + 1) + frame
+    return b"\x01" + leb128(first + 1) + leb128(second + 1) + whole_frame(rest, 1)
+
+
+def whole_frame(raw: bytes, dictionary: int) -> bytes:
+    """A zstd frame with its whole header, as gateways wrote them before the ids were cut."""
+    return zstandard.ZstdCompressor(level=1, dict_data=DICTIONARIES[dictionary]).compress(raw)
 
 
 def leb128(value: int) -> bytes:
@@ -57,11 +62,13 @@ def test_the_ids_and_the_time_are_cut_out_and_put_back(seed: int) -> None:
         assert ids[2] == event["timestamp"]
         blob = compress(raw, ids)
         assert decompress(blob, ids) == raw
-        # None of them is among the stored bytes any more, nor is zstd's magic number.
+        # None of them is among the stored bytes any more, nor is zstd's magic number; the
+        # first byte names the dictionary.
         assert all(value.encode() not in blob for value in ids)
         assert b"\x28\xb5\x2f\xfd" not in blob
+        assert blob[0] == CURRENT
         cut += len(blob)
-        bare += len(compress(raw))
+        bare += len(whole_frame(raw, CURRENT))
     # The two random ids and the time were more than a third of the compressed bytes.
     assert cut < bare * 0.7
 
@@ -71,10 +78,22 @@ def test_payloads_stored_before_the_time_was_cut_still_read() -> None:
     raw = orjson.dumps(event)
     ids = ids_of(event)
     assert decompress(two_ids_cut(raw, ids[0], ids[1]), ids) == raw
-    assert decompress(compress(raw)) == raw
-    assert decompress(compress(raw), ("any", "ids", "")) == raw
-    first = zstandard.ZstdCompressor(level=1, dict_data=DICTIONARIES[1]).compress(raw)
-    assert decompress(first) == raw
+    for dictionary in DICTIONARIES:
+        assert decompress(whole_frame(raw, dictionary)) == raw
+        assert decompress(whole_frame(raw, dictionary), ("any", "ids", "")) == raw
+
+
+def test_the_current_dictionary_can_be_named_by_a_payloads_first_byte() -> None:
+    # Above the marker of payloads with two ids cut, below zstd's magic number.
+    assert 1 < CURRENT < 0x28
+
+
+def test_a_payload_of_a_dictionary_not_shipped_says_so() -> None:
+    event = Generator(7).tiktok("share")
+    ids = ids_of(event)
+    blob = compress(orjson.dumps(event), ids)
+    with pytest.raises(ValueError, match="dictionary 9"):
+        decompress(bytes((9,)) + blob[1:], ids)
 
 
 def test_the_dictionary_learns_payloads_as_they_are_compressed() -> None:
