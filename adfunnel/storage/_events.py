@@ -19,7 +19,7 @@ from adfunnel.storage._filters import (
     segment_condition,
     where_clause,
 )
-from adfunnel.storage._payloads import decompress, row_ids
+from adfunnel.storage._payloads import decompress, row_ids, time_text
 from adfunnel.storage._writes import event_key
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def event_json(row: Any) -> bytes:
     `payload` and `payload_json`: the compressed form, or the text of a row stored before
     payloads were compressed."""
     if row["payload"] is not None:
-        ids = row_ids(row["event_id"], row["user_id"], row["event_time"])
+        ids = row_ids(row["event_id"], row["user_id"], time_text(row["event_time"]))
         return decompress(row["payload"], ids)
     return str(row["payload_json"]).encode()
 

@@ -98,35 +98,23 @@ def _varint(value: int) -> bytes:
     return _SMALL_VARINTS[value] if value < _SMALL else _encode_varint(value)
 
 
-# The publisher writes JavaScript's `toISOString()`; the events of one request share a few
-# hundred timestamps at most, so their texts are remembered. Bounded, and dropped whole when
-# full: any thread may clear it.
-_TIMES: dict[datetime, str] = {}
-_TIMES_MAX = 8192
-
-
 def time_text(moment: datetime) -> str:
-    """`moment` as `toISOString()` writes it (UTC, milliseconds, `Z`); "" when that text
-    would not be exactly `moment` (a finer fraction), so nothing is cut for it."""
-    text = _TIMES.get(moment)
-    if text is None:
-        if len(_TIMES) >= _TIMES_MAX:
-            _TIMES.clear()
-        at = moment.astimezone(UTC)
-        text = ""
-        if at.microsecond % 1000 == 0:
-            text = (
-                f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}"
-                f":{at.second:02d}.{at.microsecond // 1000:03d}Z"
-            )
-        _TIMES[moment] = text
-    return text
+    """`moment` as the publisher writes it, JavaScript's `toISOString()` (UTC, milliseconds,
+    `Z`); "" when that text would not be exactly `moment` (a finer fraction), so nothing is
+    cut for it."""
+    at = moment.astimezone(UTC)
+    if at.microsecond % 1000:
+        return ""
+    return (
+        f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}"
+        f":{at.second:02d}.{at.microsecond // 1000:03d}Z"
+    )
 
 
-def row_ids(event_id: str, user_id: str, event_time: datetime) -> tuple[str, str, str]:
+def row_ids(event_id: str, user_id: str, time: str) -> tuple[str, str, str]:
     """What `compress` cuts out of a payload, from the columns of its row: the eventId, the
-    userId and the event time's text."""
-    return event_id, user_id, time_text(event_time)
+    userId and the event time's text (`time_text` of `event_time`)."""
+    return event_id, user_id, time
 
 
 def cut(payload: bytes, ids: tuple[str, ...]) -> tuple[bytes, bytes]:

@@ -24,13 +24,14 @@ import orjson
 import zstandard
 
 from adfunnel.schema import event_row
-from adfunnel.storage._payloads import cut, row_ids
+from adfunnel.storage._payloads import cut, row_ids, time_text
 from adfunnel.tools.generator import Generator
 
 
 def _as_compressed(event: dict[str, Any]) -> bytes:
     row = event_row(event)
-    return cut(orjson.dumps(event), row_ids(row.event_id, row.user_id, row.event_time))[0]
+    ids = row_ids(row.event_id, row.user_id, time_text(row.event_time))
+    return cut(orjson.dumps(event), ids)[0]
 
 
 def train(events: int, size: int, dict_id: int) -> zstandard.ZstdCompressionDict:

@@ -13,7 +13,7 @@ import pytest
 from adfunnel import storage
 from adfunnel.schema import event_row
 from adfunnel.storage import EventFilters, StagedEvent
-from adfunnel.storage._payloads import compress, row_ids
+from adfunnel.storage._payloads import compress, row_ids, time_text
 from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
@@ -49,13 +49,14 @@ async def test_rows_stored_before_0016_get_their_keys_and_keep_working(
     old = [g.facebook() for _ in range(20)] + [g.tiktok() for _ in range(20)]
     for event in old:
         row = event_row(event)
+        ids = row_ids(row.event_id, row.user_id, time_text(row.event_time))
         await conn.execute(
             "INSERT INTO events (event_id, event_time, source, funnel_stage, event_type,"
             " user_id, purchase_amount, campaign_id, age, gender, country, city, followers,"
             " device, payload, received_at, stream_seq)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 1)",
             *row,
-            compress(orjson.dumps(event), row_ids(row.event_id, row.user_id, row.event_time)),
+            compress(orjson.dumps(event), ids),
             NOW,
         )
     assert (await storage.migrate(conn))[0] == 16

@@ -24,7 +24,7 @@ import orjson
 from adfunnel import embedded, storage
 from adfunnel.schema import event_row
 from adfunnel.storage import EVENT_COLUMNS, StagedEvent
-from adfunnel.storage._payloads import compress, row_ids
+from adfunnel.storage._payloads import compress, row_ids, time_text
 from adfunnel.tools.generator import Generator
 
 _COLUMNS = (*EVENT_COLUMNS, "payload", "event_key", "correlation_id", "received_at", "stream_seq")
@@ -59,7 +59,7 @@ def _records(batch: list[StagedEvent]) -> list[tuple[Any, ...]]:
     return [
         (
             *e.row,
-            compress(e.payload.encode(), row_ids(e.row[0], e.row[5], e.row[1])),
+            compress(e.payload.encode(), row_ids(e.row[0], e.row[5], time_text(e.row[1]))),
             storage.event_key(e.row[0]),
             e.correlation_id,
             e.received_at,
