@@ -262,12 +262,9 @@ def median_ranks(counted: int) -> tuple[int, int]:
     return (counted + 1) // 2, counted // 2 + 1
 
 
-# The hour of an event as the follower index keys it, and that of a parameter.
-_EVENT_HOUR = "date_trunc('hour', event_time AT TIME ZONE 'UTC')"
-
-
-def _hour(param: str) -> str:
-    return f"date_trunc('hour', {param}::timestamptz AT TIME ZONE 'UTC')"
+def _utc_hour(moment: str) -> str:
+    """SQL of the UTC hour of `moment`, as the follower index keys `event_time`."""
+    return f"date_trunc('hour', {moment} AT TIME ZONE 'UTC')"
 
 
 def _follower_statement(filters: EventFilters, params: Params) -> str:
@@ -307,11 +304,12 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
     parts.append("SELECT adfunnel_follower_bin(followers), sign, followers * sign FROM repeat")
     # The follower index knows the hour of each event (migration 0020): its range is the
     # range's hours, and the rows are then held to the range itself.
+    hour = _utc_hour("event_time")
     in_hours = []
     if filters.start is not None:
-        in_hours.append(f"{_EVENT_HOUR} >= {_hour(params.add(filters.start))}")
+        in_hours.append(f"{hour} >= {_utc_hour(params.add(filters.start) + '::timestamptz')}")
     if filters.end is not None:
-        in_hours.append(f"{_EVENT_HOUR} <= {_hour(params.add(filters.end))}")
+        in_hours.append(f"{hour} <= {_utc_hour(params.add(filters.end) + '::timestamptz')}")
     in_range = " AND ".join(["TRUE", *in_hours, *range_conditions(filters, params)])
     return (
         f"WITH {''.join(cte + ', ' for cte in ctes)}"
