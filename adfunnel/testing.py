@@ -97,6 +97,16 @@ class Deployed:
         )
 
 
+# The Serve config `serve run` reads: tests and tools start Serve as it does.
+SERVE_CONFIG = Path(serve_app.__file__).with_name("config.yaml")
+
+
+def start_serve(port: int) -> None:
+    """`serve.start` on 127.0.0.1:`port`, with the controller options of `config.yaml`."""
+    options = yaml.safe_load(SERVE_CONFIG.read_text()).get("controller_options")
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options=options)
+
+
 def deploy(
     base_url: str,
     settings: dict[str, Any],

@@ -23,6 +23,7 @@ from adfunnel.testing import (
     Deployed,
     deploy,
     run,
+    start_serve,
     undeploy,
     unique_database,
     unique_names,
@@ -81,7 +82,7 @@ def ray_cluster(metrics_port: int) -> Iterator[str]:
         log_to_driver=False,
     )
     port = embedded.free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve(port)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # type: ignore[no-untyped-call]  # ray ships it unannotated
     ray.shutdown()

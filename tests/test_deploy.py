@@ -147,6 +147,23 @@ def test_the_container_serve_config_runs_the_same_applications() -> None:
     assert container["applications"] == SERVE_CONFIG["applications"]
 
 
+def test_every_serve_config_gives_the_controller_the_same_options() -> None:
+    from ray.serve.schema import ServeDeploySchema  # noqa: PLC0415  # heavy import
+
+    service = _yaml(K8S / "rayservice.yaml")
+    configs = {
+        "config.yaml": SERVE_CONFIG,
+        "config/container.yaml": _yaml(ROOT / "config" / "container.yaml"),
+        "rayservice.yaml": yaml.safe_load(service["spec"]["serveConfigV2"]),
+    }
+    for name, config in configs.items():
+        options = ServeDeploySchema.model_validate(config).controller_options
+        assert options is not None, name
+        assert options.runtime_env == SERVE_CONFIG["controller_options"]["runtime_env"], name
+    interval = SERVE_CONFIG["controller_options"]["runtime_env"]["env_vars"]
+    assert float(interval["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"]) <= 1.0
+
+
 def test_the_dev_override_mounts_the_source_and_drops_the_publisher() -> None:
     app = COMPOSE_DEV["services"]["app"]
     assert any(mount.startswith("./adfunnel:") for mount in app["volumes"])

@@ -807,7 +807,7 @@ def _run_own_system(
         )
         try:
             port = embedded.free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            testing.start_serve(port)
             settings = {
                 "nats_url": servers.nats_url,
                 "database_url": servers.database_url,
