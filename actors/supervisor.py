@@ -66,6 +66,10 @@ class Supervisor:
         self._servers: list[embedded.EmbeddedServer] = []
         self._stopped = False
         self._retention: asyncio.Task[None] | None = None
+        # Ray actor handles are untyped: Any is the honest type here. Empty until made, so a
+        # start that fails part-way still stops, in `__del__`, the servers it started.
+        self.writers: list[Any] = []
+        self.consumers: list[Any] = []
         data_dir = settings.data_dir  # resolved by the application builder
         nats_url, database_url = settings.nats_url, settings.database_url
         if nats_url is None:
@@ -88,8 +92,7 @@ class Supervisor:
             await bus.ensure_topology(nc.jetstream(), settings)
         finally:
             await nc.close()
-        # Ray actor handles are untyped: Any is the honest type here.
-        self.writers: list[Any] = [
+        self.writers = [
             ray.remote(Writer)
             .options(
                 name=actor_name(settings.nats_stream, "writer", i),
@@ -103,7 +106,6 @@ class Supervisor:
             .remote(settings, database_url, i)
             for i in range(settings.writer_pool_size)
         ]
-        self.consumers: list[Any] = []
         for lane in bus.LANES:
             count = 1 if lane == "rejected" else settings.consumers_per_source
             for i in range(count):
