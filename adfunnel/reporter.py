@@ -10,10 +10,11 @@ import asyncpg
 import orjson
 import structlog
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
-from adfunnel import http, logs, metrics, reports, storage
+from adfunnel import http, logs, metrics, reports, storage, ui
 from adfunnel.errors import NotFound, NotReady, Unauthorized
 from adfunnel.settings import Settings
 
@@ -84,6 +85,15 @@ CampaignParam = Annotated[
 IntervalParam = Annotated[
     Literal["minute", "hour", "day"] | None, Query(description="Adds a UTC `series`")
 ]
+
+
+# Defined before the deployment: Serve serializes the class as it is decorated, with the
+# module's names as they are at that point.
+def _asset(name: str) -> Response:
+    found = ui.asset(name)
+    if found is None:
+        raise NotFound(f"the report viewer has no file {name!r}")
+    return Response(found.body, media_type=found.media_type, headers=ui.HEADERS)
 
 
 @serve.deployment(
@@ -276,6 +286,23 @@ class Reporter:
             + b"]}"
         )
         return Response(body, media_type="application/json")
+
+    # The viewer's files carry no data: they load without a key, and the page asks for one
+    # when a report needs it. Left out of the OpenAPI document, which describes the API.
+    @api.get("/ui", include_in_schema=False)
+    async def viewer(self) -> Response:
+        """The report viewer's page."""
+        return _asset("index.html")
+
+    @api.get("/ui/", include_in_schema=False)
+    async def viewer_slash(self) -> Response:
+        """The page's relative links assume no trailing slash."""
+        return RedirectResponse("../ui", status_code=308)
+
+    @api.get("/ui/{name}", include_in_schema=False)
+    async def viewer_file(self, name: str) -> Response:
+        """The page's script and style sheet."""
+        return _asset(name)
 
     @api.get("/health/live")
     async def live(self) -> dict[str, str]:
