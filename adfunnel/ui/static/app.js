@@ -97,8 +97,9 @@ function filterValues() {
 
 function eventTypeOptions() {
   const { source, funnelStage } = filterValues();
-  const sources = source ? [source] : schema.sources;
-  const stages = funnelStage ? [funnelStage] : ["top", "bottom"];
+  // An unknown source or stage (from an edited link) offers every type: the API names it.
+  const sources = schema.sources.includes(source) ? [source] : schema.sources;
+  const stages = ["top", "bottom"].includes(funnelStage) ? [funnelStage] : ["top", "bottom"];
   const types = new Set();
   for (const s of sources) for (const stage of stages) for (const t of schema.eventTypes[s][stage]) types.add(t);
   const select = filterForm.elements.eventType;
@@ -145,7 +146,7 @@ function toAddress() {
   if (address !== location.pathname + location.search + location.hash) history.pushState(null, "", address);
 }
 
-// `datetime-local` text of a UTC time: the API reads a time without an offset as UTC.
+// ISO-8601 text of a UTC time, to the second: the API reads a time without an offset as UTC.
 function utcText(date) {
   return date.toISOString().slice(0, 19);
 }
@@ -450,7 +451,14 @@ lookupForm.addEventListener("submit", (event) => {
   toAddress();
   lookup();
 });
-document.querySelector("#events thead").addEventListener("click", (event) => {
+const breakdownHead = document.querySelector("#events thead");
+breakdownHead.addEventListener("keydown", (event) => {
+  if ((event.key === "Enter" || event.key === " ") && event.target.matches("th[data-key]")) {
+    event.preventDefault();
+    event.target.click();
+  }
+});
+breakdownHead.addEventListener("click", (event) => {
   const th = event.target.closest("th[data-key]");
   if (!th) return;
   const key = th.dataset.key;
