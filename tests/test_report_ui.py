@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
 from ray import serve
 
 import serve_app
@@ -288,6 +288,28 @@ def test_a_filter_changes_the_request_the_view_and_the_address(
     assert [row[2] for row in _rows(_field(page, "events", "breakdown"))] == sorted(
         types, reverse=True
     )
+
+
+def test_a_report_shows_that_it_is_loading(
+    page: Page, module_system: Deployed, posted: dict[str, Any]
+) -> None:
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(lambda url: urlsplit(url).path == "/reports/events", hold)
+    page.goto(f"{module_system.base_url}/reports/ui")
+    events = page.locator("#events")
+    expect(events).to_have_attribute("data-state", "loading")
+    expect(events).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#events .status")).to_have_text("Loading…")
+    # The other reports do not wait for it.
+    expect(page.locator("#revenue")).to_have_attribute("data-state", "ready")
+    assert len(held) == 1
+    held[0].continue_()
+    expect(events).to_have_attribute("data-state", "ready")
+    expect(page.locator("#events .status")).to_have_text("")
 
 
 @pytest.mark.parametrize(
