@@ -302,6 +302,8 @@ class Reporter:
     @api.get("/ui/{name}", include_in_schema=False)
     async def viewer_file(self, name: str) -> Response:
         """The page's script and style sheet."""
+        if name == "index.html":  # the page only works at /ui, where its links resolve
+            return RedirectResponse("../ui", status_code=308)
         return _asset(name)
 
     @api.get("/health/live")

@@ -9,6 +9,7 @@ const KEY_STORE = "adfunnel.reportsApiKey";
 const FILTERS = ["from", "to", "source", "funnelStage", "eventType", "campaignId", "interval", "top"];
 const DEFAULTS = { top: "10" };
 const INTERVAL_MS = { minute: 60e3, hour: 3600e3, day: 86400e3 };
+let shownSearch = location.search; // the query whose filters the sections show
 
 const filterForm = document.getElementById("filters");
 const lookupForm = document.getElementById("lookup-form");
@@ -28,9 +29,17 @@ class ApiError extends Error {
 let keyPrompt = null;
 let keyGiven = false;
 
-keyForm.addEventListener("submit", () => {
+keyForm.addEventListener("submit", (event) => {
+  const key = keyForm.elements.key.value.trim();
+  // A header value must be visible ASCII: fetch would refuse anything else before sending.
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    event.preventDefault();
+    keyDialog.querySelector('[data-field="key-message"]').textContent =
+      "an API key is visible ASCII characters, without spaces";
+    return;
+  }
   keyGiven = true;
-  sessionStorage.setItem(KEY_STORE, keyForm.elements.key.value);
+  sessionStorage.setItem(KEY_STORE, key);
 });
 
 // One prompt for every report waiting on a key; each retries once it is given, and each
@@ -79,7 +88,10 @@ async function api(path, params, onRequest) {
       body = null;
     }
     if (response.status === 401) {
-      await askForKey(body && body.message ? body.message : "this report needs an API key");
+      // A key given while this request was under way is tried before asking again.
+      if (sessionStorage.getItem(KEY_STORE) === key) {
+        await askForKey(body && body.message ? body.message : "this report needs an API key");
+      }
       continue;
     }
     if (!response.ok) throw new ApiError(response.status, body);
@@ -144,6 +156,7 @@ function toAddress() {
   const search = query.toString();
   const address = location.pathname + (search ? `?${search}` : "") + location.hash;
   if (address !== location.pathname + location.search + location.hash) history.pushState(null, "", address);
+  shownSearch = location.search;
 }
 
 // ISO-8601 text of a UTC time, to the second: the API reads a time without an offset as UTC.
@@ -287,7 +300,9 @@ let breakdownOrder = { key: "count", descending: true };
 function renderBreakdown(section) {
   const { key, descending } = breakdownOrder;
   const sorted = [...breakdown].sort((a, b) => {
-    const order = typeof a[key] === "number" ? a[key] - b[key] : String(a[key]).localeCompare(String(b[key]));
+    // Code-point order: the same in every browser and locale.
+    const [x, y] = [a[key], b[key]];
+    const order = typeof x === "number" ? x - y : x < y ? -1 : x > y ? 1 : 0;
     return descending ? -order : order;
   });
   const table = field(section, "breakdown");
@@ -329,7 +344,8 @@ function ranked(table, items, top, cells, value) {
 
 function topCount() {
   const top = Number.parseInt(filterValues().top, 10);
-  return Number.isFinite(top) && top > 0 ? top : 10;
+  // 1000: the most samples /reports/rejected gives.
+  return Number.isFinite(top) && top > 0 ? Math.min(top, 1000) : 10;
 }
 
 function renderRevenue(section, answer, params) {
@@ -416,7 +432,9 @@ function lookup() {
   const id = lookupForm.elements.eventId.value.trim();
   const section = document.getElementById("lookup");
   if (!id) {
+    generations.lookup = (generations.lookup ?? 0) + 1; // a lookup in flight no longer shows
     section.dataset.state = "idle";
+    section.setAttribute("aria-busy", "false");
     section.querySelector(".status").textContent = "Enter an eventId to see its stored payload and trace.";
     return;
   }
@@ -451,21 +469,17 @@ lookupForm.addEventListener("submit", (event) => {
   toAddress();
   lookup();
 });
-const breakdownHead = document.querySelector("#events thead");
-breakdownHead.addEventListener("keydown", (event) => {
-  if ((event.key === "Enter" || event.key === " ") && event.target.matches("th[data-key]")) {
-    event.preventDefault();
-    event.target.click();
-  }
-});
-breakdownHead.addEventListener("click", (event) => {
+document.querySelector("#events thead").addEventListener("click", (event) => {
   const th = event.target.closest("th[data-key]");
   if (!th) return;
   const key = th.dataset.key;
   breakdownOrder = { key, descending: breakdownOrder.key === key ? !breakdownOrder.descending : key === "count" };
   renderBreakdown(document.getElementById("events"));
 });
+// The nav links' #fragments fire popstate too: only a change of the query reloads.
 window.addEventListener("popstate", () => {
+  if (location.search === shownSearch) return;
+  shownSearch = location.search;
   fromAddress();
   refresh();
 });
