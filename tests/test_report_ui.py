@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,8 +24,9 @@ from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_play
 from ray import serve
 
 import serve_app
-from adfunnel import ui
-from adfunnel.testing import Deployed, wait_until
+from adfunnel import replay, ui
+from adfunnel.replay import ReplayOptions
+from adfunnel.testing import Deployed, run, wait_until
 from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
@@ -133,6 +135,11 @@ def _number(page: Page, section: str, name: str) -> int:
     return int(_value(_field(page, section, name)))
 
 
+def _replay_text(state: dict[str, Any] | None) -> str:
+    """How the page shows a sample's replay state."""
+    return "not replayed" if state is None else f"{state['outcome']} ({state['replayedAt']})"
+
+
 def _drawn(page: Page, section: str) -> list[tuple[str | None, str | None]]:
     """The bars of a section's series chart: (bucket, the value each was drawn from)."""
     bars = _field(page, section, "series").locator("rect").all()
@@ -229,7 +236,7 @@ def test_every_section_shows_what_the_api_answers(
     )
     samples = _rows(_field(page, "rejected", "samples"))
     assert [s[:4] for s in samples] == [
-        [s["receivedAt"], s["reason"], s["correlationId"], "not replayed"]
+        [s["receivedAt"], s["reason"], s["correlationId"], _replay_text(s["replay"])]
         for s in rejected["samples"]
     ]
     assert {s[2] for s in samples} == {posted["correlation_id"]}
@@ -326,6 +333,25 @@ def test_a_report_shows_that_it_is_loading(
     held[0].continue_()
     expect(events).to_have_attribute("data-state", "ready")
     expect(page.locator("#events .status")).to_have_text("")
+
+
+def test_rejected_samples_show_their_replay(
+    page: Page, module_system: Deployed, posted: dict[str, Any]
+) -> None:
+    options = ReplayOptions(
+        module_system.settings["database_url"], f"{module_system.base_url}/webhook"
+    )
+    # `adfunnel replay` runs its own event loop, which this thread's browser already holds.
+    with ThreadPoolExecutor(1) as pool:
+        summary = pool.submit(run, replay.replay(options)).result()
+    # Sent again unedited, each is refused again, and says so.
+    assert (summary.selected, summary.rejected) == (12, 12)
+    _open(page, module_system)
+    rejected = _api(module_system, "rejected", limit="10")
+    assert _number(page, "rejected", "replayed") == rejected["replay"]["replayed"] == 12
+    shown = [row[3] for row in _rows(_field(page, "rejected", "samples"))]
+    assert shown == [_replay_text(s["replay"]) for s in rejected["samples"]]
+    assert [text for text in shown if text.startswith("rejected: ")]
 
 
 @pytest.mark.parametrize(
