@@ -13,7 +13,7 @@ from importlib import resources
 
 import orjson
 
-from adfunnel.schema import EVENT_TYPES, SOURCES
+from adfunnel.schema import EVENT_TYPES, FUNNEL_STAGES, SOURCES
 
 # What the browser may do with the page: run its own script, call its own origin, nothing
 # else (no inline script, no other host).
@@ -32,7 +32,7 @@ _MEDIA_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
-# The page's script reads the schema's source and event-type names from here, so the
+# The page's script reads the schema's sources, stages and event types from here, so the
 # filters offer exactly what the reports accept.
 _SCHEMA_MARK = b"{{schema}}"
 
@@ -46,7 +46,7 @@ class Asset:
 
 
 def _schema_json() -> bytes:
-    schema = {"sources": SOURCES, "eventTypes": EVENT_TYPES}
+    schema = {"sources": SOURCES, "stages": FUNNEL_STAGES, "eventTypes": EVENT_TYPES}
     # Inside a <script type="application/json"> element only "</" could end it early.
     return orjson.dumps(schema).replace(b"</", b"<\\/")
 

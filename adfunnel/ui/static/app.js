@@ -111,7 +111,7 @@ function eventTypeOptions() {
   const { source, funnelStage } = filterValues();
   // An unknown source or stage (from an edited link) offers every type: the API names it.
   const sources = schema.sources.includes(source) ? [source] : schema.sources;
-  const stages = ["top", "bottom"].includes(funnelStage) ? [funnelStage] : ["top", "bottom"];
+  const stages = schema.stages.includes(funnelStage) ? [funnelStage] : schema.stages;
   const types = new Set();
   for (const s of sources) for (const stage of stages) for (const t of schema.eventTypes[s][stage]) types.add(t);
   const select = filterForm.elements.eventType;
@@ -133,12 +133,9 @@ function fromAddress() {
   for (const name of FILTERS) {
     const value = query.get(name) ?? DEFAULTS[name] ?? "";
     const field = filterForm.elements[name];
-    if (field.tagName === "SELECT" && name !== "eventType" && ![...field.options].some((o) => o.value === value)) {
-      // An unknown value is kept as an option, so the API names what is wrong with it.
-      field.append(option(value, value));
-    }
     if (name === "eventType") eventTypeOptions();
-    if (name === "eventType" && value && ![...field.options].some((o) => o.value === value)) {
+    if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) {
+      // An unknown value is kept as an option, so the API names what is wrong with it.
       field.append(option(value, value));
     }
     field.value = value;
@@ -175,6 +172,12 @@ function h(tag, attributes = {}, ...children) {
 
 function count(value) {
   return Number.isSafeInteger(value) ? value.toLocaleString("en-US") : String(value ?? "—");
+}
+
+function showCount(section, name, value) {
+  const node = field(section, name);
+  node.textContent = count(value);
+  node.dataset.value = value;
 }
 
 function num(value, shown = count(value)) {
@@ -309,26 +312,15 @@ function renderBreakdown(section) {
   for (const th of table.tHead.querySelectorAll("th[data-key]")) {
     th.setAttribute("aria-sort", th.dataset.key === key ? (descending ? "descending" : "ascending") : "none");
   }
-  const total = breakdown.reduce((sum, r) => sum + r.count, 0);
-  const most = Math.max(0, ...breakdown.map((r) => r.count));
-  rows(table, sorted, (r) => [
-    h("td", {}, r.source),
-    h("td", {}, r.funnelStage),
-    h("td", {}, r.eventType),
-    num(r.count),
-    bar(r.count, most),
-  ]);
-  return total;
+  const cells = (r) => [h("td", {}, r.source), h("td", {}, r.funnelStage), h("td", {}, r.eventType), num(r.count)];
+  ranked(table, sorted, Infinity, cells, (r) => r.count);
 }
 
 function renderEvents(section, answer, params) {
-  field(section, "total").textContent = count(answer.total);
-  field(section, "total").dataset.value = answer.total;
+  showCount(section, "total", answer.total);
   breakdown = answer.breakdown;
   renderBreakdown(section);
-  const total = field(section, "breakdown-total");
-  total.textContent = count(answer.total);
-  total.dataset.value = answer.total;
+  showCount(section, "breakdown-total", answer.total);
   seriesChart(field(section, "series"), answer.series ?? [], params.interval, (p) => p.count, "events");
 }
 
@@ -350,8 +342,7 @@ function topCount() {
 
 function renderRevenue(section, answer, params) {
   field(section, "total").textContent = answer.total;
-  field(section, "transactions").textContent = count(answer.transactions);
-  field(section, "transactions").dataset.value = answer.transactions;
+  showCount(section, "transactions", answer.transactions);
   const money = (item) => [num(item.revenue, item.revenue), num(item.transactions)];
   ranked(field(section, "bySource"), answer.bySource, Infinity, (i) => [h("td", {}, i.source), ...money(i)], (i) => i.revenue);
   ranked(field(section, "byCampaign"), answer.byCampaign, topCount(), (i) => [h("td", {}, i.campaignId), ...money(i)], (i) => i.revenue);
@@ -361,30 +352,29 @@ function renderRevenue(section, answer, params) {
 function renderDemographics(section, answer) {
   const top = topCount();
   const users = (item) => item.users;
+  const named = (...keys) => (item) => [...keys.map((k) => h("td", {}, item[k])), num(item.users)];
   const facebook = section.querySelector('[data-part="facebook"]');
   const tiktok = section.querySelector('[data-part="tiktok"]');
   facebook.hidden = !answer.facebook;
   tiktok.hidden = !answer.tiktok;
   if (answer.facebook) {
     const f = answer.facebook;
-    field(section, "facebook-users").textContent = count(f.users);
-    field(section, "facebook-users").dataset.value = f.users;
-    ranked(field(section, "facebook-age"), f.age, Infinity, (i) => [h("td", {}, i.bucket), num(i.users)], users);
-    ranked(field(section, "facebook-gender"), f.gender, Infinity, (i) => [h("td", {}, i.gender), num(i.users)], users);
-    ranked(field(section, "facebook-countries"), f.countries, top, (i) => [h("td", {}, i.country), num(i.users)], users);
-    ranked(field(section, "facebook-cities"), f.cities, top, (i) => [h("td", {}, i.city), h("td", {}, i.country), num(i.users)], users);
+    showCount(section, "facebook-users", f.users);
+    ranked(field(section, "facebook-age"), f.age, Infinity, named("bucket"), users);
+    ranked(field(section, "facebook-gender"), f.gender, Infinity, named("gender"), users);
+    ranked(field(section, "facebook-countries"), f.countries, top, named("country"), users);
+    ranked(field(section, "facebook-cities"), f.cities, top, named("city", "country"), users);
   }
   if (answer.tiktok) {
     const t = answer.tiktok;
-    field(section, "tiktok-users").textContent = count(t.users);
-    field(section, "tiktok-users").dataset.value = t.users;
+    showCount(section, "tiktok-users", t.users);
     const stats = field(section, "tiktok-followers");
     stats.tBodies[0].replaceChildren(
       ...["min", "max", "avg", "median"].map((name) => h("tr", { "data-stat": name }, h("th", {}, name), num(t.followers[name]))),
     );
-    ranked(field(section, "tiktok-followerBuckets"), t.followerBuckets, Infinity, (i) => [h("td", {}, i.bucket), num(i.users)], users);
-    ranked(field(section, "tiktok-devices"), t.devices, Infinity, (i) => [h("td", {}, i.device), num(i.users)], users);
-    ranked(field(section, "tiktok-countries"), t.countries, top, (i) => [h("td", {}, i.country), num(i.users)], users);
+    ranked(field(section, "tiktok-followerBuckets"), t.followerBuckets, Infinity, named("bucket"), users);
+    ranked(field(section, "tiktok-devices"), t.devices, Infinity, named("device"), users);
+    ranked(field(section, "tiktok-countries"), t.countries, top, named("country"), users);
   }
 }
 
@@ -394,10 +384,9 @@ function replayText(replay) {
 }
 
 function renderRejected(section, answer) {
-  for (const [name, value] of [["total", answer.total], ["replayed", answer.replay.replayed], ["notReplayed", answer.replay.notReplayed]]) {
-    field(section, name).textContent = count(value);
-    field(section, name).dataset.value = value;
-  }
+  showCount(section, "total", answer.total);
+  showCount(section, "replayed", answer.replay.replayed);
+  showCount(section, "notReplayed", answer.replay.notReplayed);
   ranked(field(section, "byReason"), answer.byReason, topCount(), (i) => [h("td", {}, i.reason), num(i.count)], (i) => i.count);
   rows(field(section, "samples"), answer.samples, (s) => {
     const payload = s.payload === null ? "—" : JSON.stringify(s.payload);
@@ -444,6 +433,7 @@ function lookup() {
 // ---- wiring -------------------------------------------------------------------------------
 
 for (const source of schema.sources) filterForm.elements.source.append(option(source, source));
+for (const stage of schema.stages) filterForm.elements.funnelStage.append(option(stage, stage));
 
 filterForm.addEventListener("change", (event) => {
   if (event.target.name === "source" || event.target.name === "funnelStage") eventTypeOptions();
