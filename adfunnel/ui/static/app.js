@@ -28,6 +28,9 @@ class ApiError extends Error {
 
 let keyPrompt = null;
 let keyGiven = false;
+// When the prompt was last dismissed: the requests begun before it were declined with it, so
+// their 401s, however late they come, do not ask again; a later action's requests do.
+let keyDeclinedAt = -Infinity;
 
 keyForm.addEventListener("submit", (event) => {
   const key = keyForm.elements.key.value.trim();
@@ -55,7 +58,10 @@ function askForKey(message) {
         () => {
           keyPrompt = null;
           if (keyGiven) resolve();
-          else reject(new ApiError(401, { error: "unauthorized", message }));
+          else {
+            keyDeclinedAt = performance.now();
+            reject(new ApiError(401, { error: "unauthorized", message }));
+          }
         },
         { once: true },
       );
@@ -71,6 +77,7 @@ async function api(path, params, onRequest) {
     if (value !== "" && value !== null && value !== undefined) url.searchParams.set(name, value);
   }
   onRequest(url.pathname + url.search);
+  const begun = performance.now();
   for (;;) {
     const headers = { Accept: "application/json" };
     const key = sessionStorage.getItem(KEY_STORE);
@@ -88,6 +95,7 @@ async function api(path, params, onRequest) {
       body = null;
     }
     if (response.status === 401) {
+      if (begun <= keyDeclinedAt) throw new ApiError(401, body);
       // A key given while this request was under way is tried before asking again.
       if (sessionStorage.getItem(KEY_STORE) === key) {
         await askForKey(body && body.message ? body.message : "this report needs an API key");
