@@ -169,9 +169,12 @@ def _repeat_user_parts(
         rollup = f"{in_hours} AND next_day >= {day_after}"
         last_hours = f"{in_hours} AND next_hour >= {day_after}"
         if next_day > hi:
+            # The index on next_hour holds finite links only (migration 0022): said here, so
+            # a generic plan, which cannot compare the parameter with infinity, may use it.
             people.append(
                 f"SELECT {DEMOGRAPHIC_COLUMNS}, 1 FROM repeat_user_hours WHERE track = '{track}'"
-                f" AND next_hour >= {until} AND next_hour < {day_after} AND {in_hours}"
+                f" AND next_hour >= {until} AND next_hour < {day_after}"
+                f" AND next_hour < 'infinity' AND {in_hours}"
             )
     ctes = []
     last_after = "TRUE"

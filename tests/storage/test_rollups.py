@@ -349,6 +349,58 @@ async def test_hour_rows_a_batch_rewrites_are_read_once_whatever_the_statistics(
 
 
 @pytest.mark.integration
+async def test_only_users_with_stored_hours_look_for_them(database: str) -> None:
+    """SPEC §8: hour rows exist once a user has two events stored, so a batch probes them
+    for those users only, not for users it meets first or moves over from one event."""
+    generator = Generator(seed=31)
+
+    def event(user: str, minute: int) -> dict[str, object]:
+        made = generator.facebook(None, BASE + timedelta(minutes=minute))
+        made["data"]["user"]["userId"] = user  # type: ignore[index]
+        return made
+
+    pool = await storage.create_pool(database, size=1)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            written = 0
+
+            async def write(batch: list[dict[str, object]]) -> None:
+                nonlocal written
+                async with conn.transaction():
+                    await storage.insert_events(
+                        conn, [staged(e, BASE, written + i) for i, e in enumerate(batch)]
+                    )
+                written += len(batch)
+
+            async def probes() -> int:
+                await _flush_statistics(conn)
+                return int(
+                    await conn.fetchval(
+                        "SELECT idx_scan FROM pg_stat_user_indexes"
+                        " WHERE indexrelname = 'repeat_user_hours_pkey'"
+                    )
+                )
+
+            users = range(300)
+            await write([event(f"once-{u}", u) for u in users])
+            before = await probes()
+            # New users with two events each, and the second events of users with one.
+            await write(
+                [event(f"new-{u}", u + minute) for u in users for minute in (0, 90)]
+                + [event(f"once-{u}", u + 120) for u in users]
+            )
+            assert await conn.fetchval("SELECT count(*) FROM repeat_user_hours") >= 1_200
+            assert await probes() == before
+            # Now each has hour rows: their next events look for them.
+            await write([event(f"{kind}-{u}", u + 300) for kind in ("new", "once") for u in users])
+            assert await probes() - before >= 600
+            assert await storage.demographic_mismatches(conn) == {}
+    finally:
+        await pool.close()
+
+
+@pytest.mark.integration
 async def test_hour_rows_link_new_hours_between_stored_ones(database: str) -> None:
     """A repeat user's hour rows stay one per active hour, each holding the hour's latest
     event and linked to the next active hour, when a batch brings hours before, between and
@@ -448,7 +500,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == [17, 18, 19, 20, 21]
+            assert await storage.migrate(conn) == [17, 18, 19, 20, 21, 22]
             assert await conn.fetchval("SELECT count(*) FROM repeat_user_copies") == copied
             assert await storage.demographic_mismatches(conn) == {}
             await same_demographics(conn, rng)
