@@ -356,7 +356,7 @@ async def test_only_users_with_stored_hours_look_for_them(database: str) -> None
 
     def event(user: str, minute: int) -> dict[str, object]:
         made = generator.facebook(None, BASE + timedelta(minutes=minute))
-        made["data"]["user"]["userId"] = user  # type: ignore[index]
+        made["data"]["user"]["userId"] = user
         return made
 
     pool = await storage.create_pool(database, size=1)
