@@ -18,6 +18,7 @@ import asyncpg
 import ray
 import structlog
 from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.consumer import Consumer
 from actors.writer import Writer
@@ -45,6 +46,26 @@ class Endpoints:
 def actor_name(stream: str, role: str, index: int) -> str:
     """Names are per stream, so several deployments can share one Ray cluster."""
     return f"adfunnel-{stream}-{role}-{index}"
+
+
+def spread(nodes: list[str], index: int) -> Any:
+    """Where the `index`-th actor of a pool goes: on a cluster of several nodes, the next one
+    in turn (`nodes`: their ids), so a pool spans them for certain (Ray's "SPREAD" is best
+    effort: it once put both writers on one of two nodes). Elsewhere if that node is gone
+    or busy, so nothing waits on it."""
+    if len(nodes) < 2:
+        return "SPREAD"
+    return NodeAffinitySchedulingStrategy(
+        nodes[index % len(nodes)], soft=True, _spill_on_unavailable=True
+    )
+
+
+def cluster_nodes() -> list[str]:
+    """The ids of the live nodes that can run an actor, in a fixed order."""
+    found = ray.nodes()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+    return sorted(
+        node["NodeID"] for node in found if node["Alive"] and node["Resources"].get("CPU")
+    )
 
 
 @serve.deployment(
@@ -92,6 +113,7 @@ class Supervisor:
             await bus.ensure_topology(nc.jetstream(), settings)
         finally:
             await nc.close()
+        nodes = await asyncio.to_thread(cluster_nodes)
         self.writers = [
             ray.remote(Writer)
             .options(
@@ -100,7 +122,7 @@ class Supervisor:
                 num_cpus=WRITER_CPUS,
                 max_restarts=-1,
                 # Over every node of a multi-node cluster, rather than packed on one.
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=spread(nodes, i),
                 max_concurrency=8,
             )
             .remote(settings, database_url, i)
@@ -116,7 +138,7 @@ class Supervisor:
                         namespace=ACTOR_NAMESPACE,
                         num_cpus=CONSUMER_CPUS,
                         max_restarts=-1,
-                        scheduling_strategy="SPREAD",
+                        scheduling_strategy=spread(nodes, len(self.consumers)),
                         max_concurrency=64,
                     )
                     .remote(settings, nats_url, lane, self.writers, i)
