@@ -135,6 +135,17 @@ def _number(page: Page, section: str, name: str) -> int:
     return int(_value(_field(page, section, name)))
 
 
+def _held(page: Page, path: str) -> list[Route]:
+    """The requests `page` sends to `path`, held until the test continues each one."""
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(lambda url: urlsplit(url).path == path, hold)
+    return held
+
+
 def _replay_text(state: dict[str, Any] | None) -> str:
     """How the page shows a sample's replay state."""
     return "not replayed" if state is None else f"{state['outcome']} ({state['replayedAt']})"
@@ -316,12 +327,7 @@ def test_a_filter_changes_the_request_the_view_and_the_address(
 def test_a_report_shows_that_it_is_loading(
     page: Page, module_system: Deployed, posted: dict[str, Any]
 ) -> None:
-    held: list[Route] = []
-
-    def hold(route: Route) -> None:
-        held.append(route)
-
-    page.route(lambda url: urlsplit(url).path == "/reports/events", hold)
+    held = _held(page, "/reports/events")
     page.goto(f"{module_system.base_url}/reports/ui")
     events = page.locator("#events")
     expect(events).to_have_attribute("data-state", "loading")
@@ -461,12 +467,7 @@ def test_an_api_key_is_asked_for_and_kept_for_the_tab(
         # also in one whose 401 comes only after the dismissal: it does not ask again.
         errors: list[str] = []
         fresh = _watched(page.context.browser.new_page(), errors)  # type: ignore[union-attr]
-        late: list[Route] = []
-
-        def hold(route: Route) -> None:
-            late.append(route)
-
-        fresh.route(lambda url: urlsplit(url).path == "/reports/demographics", hold)
+        late = _held(fresh, "/reports/demographics")
         try:
             fresh.goto(f"{module_system.base_url}/reports/ui")
             prompt = fresh.locator("#key-dialog")
