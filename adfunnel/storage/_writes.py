@@ -246,18 +246,17 @@ def _typed_fields(row: EventRow, micros_text: str) -> tuple[str, ...]:
     )
 
 
-_TEXT_SPECIAL = re.compile(r"[\\\n\r]")
-
-
 def copy_row(row: EventRow, payload: bytes) -> bytes:
     """One event as the start of a line of COPY text (what the writers load): its typed
     columns (the event time in microseconds), payload and key; `insert_copy` appends the
     number of its bus message in the batch."""
     micros_text, time = _time_texts(row[1])
     text = "\t".join(_typed_fields(row, micros_text))
-    # Nearly every value is plain text: one scan and a count of the tabs tell whether any
-    # value holds a tab, a line end or a backslash, and only then is each one escaped.
-    if text.count("\t") != _COPY_FIELDS - 1 or _TEXT_SPECIAL.search(text):
+    # Nearly every value is plain text: a count of the tabs and a search for each other
+    # special character tell whether any value needs escaping, and only then is each one
+    # escaped. Searching for one character is a memchr; a regular expression's character
+    # class cost 7,500 instructions a line.
+    if text.count("\t") != _COPY_FIELDS - 1 or "\\" in text or "\n" in text or "\r" in text:
         text = "\t".join(map(_copy_text, _typed_fields(row, micros_text)))
     key = event_key(row[0]).encode()
     payload_hex = _copy_payload(payload, row, time)
