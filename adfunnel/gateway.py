@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -29,9 +30,7 @@ from adfunnel.ingest import (
     SIGNATURE_HEADER,
     Triage,
     error_entries,
-    may_be_unstorable,
-    parse_body,
-    triage,
+    prepare,
     verify_signature,
 )
 from adfunnel.settings import Settings
@@ -217,9 +216,18 @@ class Gateway:
             verify_signature(secret.get_secret_value(), body, request.headers.get(SIGNATURE_HEADER))
         # CPU-bound for big batches: off the event loop, so acks of other requests flow.
         keep_rejected = REPLAY_HEADER not in request.headers
-        items, sorted_out, chunks = await asyncio.get_running_loop().run_in_executor(
-            self._preparer, self._prepare, body, cid, received_at, keep_rejected
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self._preparer,
+            partial(
+                prepare,
+                self.settings,
+                body,
+                correlation_id=cid,
+                received_at=received_at,
+                keep_rejected=keep_rejected,
+            ),
         )
+        items, sorted_out, chunks = prepared.items, prepared.sorted_out, prepared.chunks
         if self._nc is None or self._js is None:
             return self._unavailable("the gateway is still connecting to NATS")
         try:
@@ -248,24 +256,6 @@ class Gateway:
             },
             status_code=202,
         )
-
-    def _prepare(
-        self, body: bytes, cid: str, received_at: datetime, keep_rejected: bool
-    ) -> tuple[list[Any], Triage, list[bus.Chunk]]:
-        items = parse_body(body, self.settings.max_batch_events)
-        sorted_out = triage(
-            items,
-            check_storable=may_be_unstorable(body),
-            oldest=self.settings.retention_cutoff(received_at),
-        )
-        chunks = bus.encode_batch(
-            self.settings,
-            sorted_out.accepted,
-            sorted_out.rejected if keep_rejected else [],
-            correlation_id=cid,
-            received_at=received_at,
-        )
-        return items, sorted_out, chunks
 
     def _unavailable(self, message: str) -> Response:
         return http.error_response(

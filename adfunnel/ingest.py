@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from adfunnel import bus
 from adfunnel.errors import BadSignature, InvalidBody, PayloadTooLarge
 from adfunnel.schema import (
     TOO_DEEP,
@@ -32,6 +33,7 @@ from adfunnel.schema import (
     validate_event,
     validate_json,
 )
+from adfunnel.settings import Settings
 
 SIGNATURE_HEADER = "x-signature"
 # Sent by `adfunnel replay`: the events come from the rejected store already, so the
@@ -251,3 +253,40 @@ def error_entries(rejected: list[tuple[int, Rejected]]) -> list[dict[str, Any]]:
         {"index": index, "eventId": item.event_id, "reason": item.reason}
         for index, item in rejected
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A body made ready for the bus: its events, how they were sorted out, the messages."""
+
+    items: list[Any]
+    sorted_out: Triage
+    chunks: list[bus.Chunk]
+
+
+def prepare(
+    settings: Settings,
+    body: bytes,
+    *,
+    correlation_id: str,
+    received_at: datetime,
+    keep_rejected: bool = True,
+) -> Prepared:
+    """Everything the gateway does with a body before publishing it (all of its CPU).
+
+    `keep_rejected=False` (a replay) publishes no rejections.
+    """
+    items = parse_body(body, settings.max_batch_events)
+    sorted_out = triage(
+        items,
+        check_storable=may_be_unstorable(body),
+        oldest=settings.retention_cutoff(received_at),
+    )
+    chunks = bus.encode_batch(
+        settings,
+        sorted_out.accepted,
+        sorted_out.rejected if keep_rejected else [],
+        correlation_id=correlation_id,
+        received_at=received_at,
+    )
+    return Prepared(items, sorted_out, chunks)

@@ -12,8 +12,10 @@ import time
 from typing import Any, cast
 
 import orjson
+import pytest
 from starlette.requests import Request
 
+from adfunnel import ingest
 from adfunnel.gateway import Gateway
 from adfunnel.settings import Settings
 from adfunnel.tools.generator import Generator
@@ -60,25 +62,25 @@ def _replica(settings: Settings) -> Any:
     return written(settings, _SilentSupervisor())
 
 
-async def test_bodies_are_prepared_one_at_a_time() -> None:
+async def test_bodies_are_prepared_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     replica = _replica(Settings(gateway_concurrent_posts=4))
-    prepare = replica._prepare
     lock = threading.Lock()
     running = peak = calls = 0
 
-    def counted(*args: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         nonlocal running, peak, calls
         with lock:
             running, calls = running + 1, calls + 1
             peak = max(peak, running)
         try:
             time.sleep(0.05)  # long enough for the other POSTs to be waiting
-            return prepare(*args)
+            return ingest.prepare(*args, **kwargs)
         finally:
             with lock:
                 running -= 1
 
-    replica._prepare = counted
+    # `serve.ingress` made its own copy of the class, whose methods read their own globals.
+    monkeypatch.setitem(replica._accept.__globals__, "prepare", counted)
     body = orjson.dumps(Generator(seed=3).batch(200))
     answers = await asyncio.gather(
         *(replica.webhook(_post(body)) for _ in range(4)),

@@ -4,6 +4,7 @@
 - `system`: what the benchmark measures around the pipeline (processes, CPU, memory).
 - `floor`: the same work done bare in one asyncio process, to compare against.
 - `reports`: `adfunnel bench reports`, report latency next to naive queries.
+- `backend`, `prepare`: PostgreSQL's and the gateway's CPU per event on their own.
 - `write_paths`, `first_post`: one-off measurements behind two design choices
   (`python -m adfunnel.tools.bench.<name> --help`).
 """
