@@ -1,7 +1,6 @@
 """The gateway's CPU per event for a body, without Ray, HTTP or servers.
 
     python -m adfunnel.tools.bench.prepare [--events 50000] [--bodies 6] [--threads 1]
-        [--returning SHARE] [--hot-users N]
 
 A publisher's body (1 % duplicates, 5 % out of order, 0.5 % corrupted) goes through
 `ingest.prepare`, all the gateway does with it before publishing: parse, validate, build the
@@ -21,13 +20,14 @@ import orjson
 
 from adfunnel.ingest import prepare
 from adfunnel.settings import Settings
-from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
+from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator
 
 _AT = datetime(2026, 12, 1, 10, 0, 0, 123_000, tzinfo=UTC)
 
 
-def body(events: int, *, returning: float, hot_users: int) -> bytes:
-    """One POST body of `events` events, stamped at a fixed moment."""
+def body(events: int, *, returning: float = DEFAULT_RETURNING_SHARE, hot_users: int = 0) -> bytes:
+    """One POST body of `events` events, stamped at a fixed moment, of the publisher's users
+    unless told otherwise."""
     generator = Generator(seed=1, clock=lambda: _AT, returning_share=returning, hot_users=hot_users)
     batch = generator.batch(
         events, duplicate_share=0.01, out_of_order_share=0.05, invalid_share=0.005
@@ -61,16 +61,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000, help="events per body")
     parser.add_argument("--bodies", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1, help="bodies prepared at once")
-    parser.add_argument("--returning", type=float, default=DEFAULT_RETURNING_SHARE)
-    parser.add_argument("--hot-users", type=int, default=0)
     args = parser.parse_args()
-    try:
-        returning, hot_users, _ = user_mix(args.returning, args.hot_users)
-    except ValueError as error:
-        parser.error(str(error))
     if min(args.events, args.bodies, args.threads) < 1:
         parser.error("--events, --bodies and --threads must be at least 1")
-    payload = body(args.events, returning=returning, hot_users=hot_users)
+    payload = body(args.events)
     per_event, events = measure(payload, bodies=args.bodies, threads=args.threads)
     print(
         f"gateway preparation: {per_event:.2f} us of CPU per event over {events:,} events"
