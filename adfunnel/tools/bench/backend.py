@@ -29,18 +29,11 @@ import orjson
 from adfunnel import embedded, storage
 from adfunnel.schema import event_row
 from adfunnel.storage import StagedEvent
-from adfunnel.tools.bench.system import read_proc
+from adfunnel.tools.bench.system import cpu_seconds
 from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator, user_mix
 
 _PER_MESSAGE = 1_000
 _STEP = timedelta(microseconds=3_750)
-
-
-def _cpu_seconds(pid: int) -> float:
-    sample = read_proc(pid)
-    if sample is None:
-        raise RuntimeError(f"no process {pid} on this machine: the server must run here")
-    return sample.cpu_s
 
 
 async def run(
@@ -78,11 +71,11 @@ async def run(
                                 sequence,
                             )
                         )
-                before = _cpu_seconds(pid)
+                before = cpu_seconds(pid)
                 async with conn.transaction():
                     await storage.insert_events(conn, events)
                 if number >= warmup:
-                    spent += _cpu_seconds(pid) - before
+                    spent += cpu_seconds(pid) - before
                     counted += len(events)
             stored = int(await conn.fetchval("SELECT count(*) FROM events"))
     finally:

@@ -20,6 +20,7 @@ import orjson
 
 from adfunnel.ingest import prepare
 from adfunnel.settings import Settings
+from adfunnel.tools.bench.system import cpu_seconds
 from adfunnel.tools.generator import DEFAULT_RETURNING_SHARE, Generator
 
 _AT = datetime(2026, 12, 1, 10, 0, 0, 123_000, tzinfo=UTC)
@@ -35,11 +36,6 @@ def body(events: int, *, returning: float = DEFAULT_RETURNING_SHARE, hot_users: 
     return orjson.dumps(batch)
 
 
-def _cpu_s() -> float:
-    spent = os.times()
-    return spent.user + spent.system
-
-
 def measure(payload: bytes, *, bodies: int, threads: int) -> tuple[float, int]:
     """µs of CPU of this process per event prepared, and the events prepared."""
     settings = Settings()
@@ -50,9 +46,9 @@ def measure(payload: bytes, *, bodies: int, threads: int) -> tuple[float, int]:
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(threads)))  # each thread's compressor and caches
-        before = _cpu_s()
+        before = cpu_seconds(os.getpid())
         events = sum(pool.map(one, range(bodies)))
-        spent = _cpu_s() - before
+        spent = cpu_seconds(os.getpid()) - before
     return spent / max(events, 1) * 1e6, events
 
 

@@ -315,6 +315,14 @@ def read_proc(pid: int) -> ProcSample | None:
     return ProcSample(title, cpu / _CLOCK_TICKS, reaped / _CLOCK_TICKS, int(fields[1]))
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU seconds `pid` has used; RuntimeError when it is not a process of this machine."""
+    sample = read_proc(pid)
+    if sample is None:
+        raise RuntimeError(f"no process {pid} on this machine: what is measured must run here")
+    return sample.cpu_s
+
+
 def all_processes() -> dict[int, ProcSample]:
     """Every process of the machine that could be read."""
     found = {}
