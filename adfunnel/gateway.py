@@ -159,8 +159,8 @@ class Gateway:
         self._js: JetStreamContext | None = None
         self._slots = asyncio.Semaphore(settings.gateway_concurrent_posts)
         # One thread prepares bodies, one at a time, while other POSTs are read and published.
-        # Two preparing at once cost 2.3x the CPU per event, not less wall time: compressing
-        # each event releases the GIL, and the two threads hand it over 50,000 times a body.
+        # Two preparing at once cost 2.3x the CPU per event in no less wall time (the GIL),
+        # likely because compressing each event releases the GIL: two threads hand it over.
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         # Connecting waits for the supervisor (which may be starting embedded servers);
         # meanwhile the gateway answers 503 rather than blocking its own start-up.
