@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import nats
 import pytest
 import ray
@@ -92,15 +91,7 @@ def _fresh_database(servers: Servers) -> Iterator[str]:
     name = unique_database()
     run(storage.ensure_database(servers.postgres_url, name))
     yield servers.database_url(name)
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(servers.postgres_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    run(drop())
+    run(storage.drop_database(servers.postgres_url, name))
 
 
 @pytest.fixture

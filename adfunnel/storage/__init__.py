@@ -21,6 +21,7 @@ from adfunnel.storage._checks import demographic_mismatches, rollup_mismatches
 from adfunnel.storage._database import (
     create_pool,
     disk_usage,
+    drop_database,
     ensure_database,
     prepared_database,
     wait_for_database,
@@ -129,6 +130,7 @@ __all__ = [
     "demographic_mismatches",
     "demographics",
     "disk_usage",
+    "drop_database",
     "ensure_database",
     "event_breakdown",
     "event_json",

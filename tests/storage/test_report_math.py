@@ -373,7 +373,7 @@ def _loaded(servers: SessionServers, data: DataSet, facts: list[Fact]) -> Iterat
             yield Loaded(data, facts, runner, pool, _endpoints(pool))
         finally:
             runner.run(pool.close())
-            runner.run(_drop(servers.postgres_url, name))
+            runner.run(storage.drop_database(servers.postgres_url, name))
 
 
 @pytest.fixture(scope="module")
@@ -386,14 +386,6 @@ def loaded(servers: SessionServers) -> Iterator[Loaded]:
 def loaded_mix(request: pytest.FixtureRequest, servers: SessionServers) -> Iterator[Loaded]:
     with _loaded(servers, MIX_DATA[request.param], MIX_FACTS[request.param]) as data_set:
         yield data_set
-
-
-async def _drop(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # -- the oracle's own arithmetic -----------------------------------------------------------

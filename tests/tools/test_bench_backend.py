@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from typing import Any
 
+import asyncpg
 import pytest
 
 from adfunnel.tools.bench import backend
@@ -29,3 +32,19 @@ async def test_every_batch_is_stored_and_only_the_measured_ones_counted(database
     )
     assert stored == 3 * 1_500
     assert per_event > 0
+
+
+@pytest.mark.integration
+async def test_the_tool_leaves_the_server_without_its_database(servers: Any) -> None:
+    async def names() -> set[str]:
+        conn = await asyncpg.connect(servers.postgres_url)
+        try:
+            rows = await conn.fetch("SELECT datname FROM pg_database")
+        finally:
+            await conn.close()
+        return {row["datname"] for row in rows}
+
+    before = await names()
+    options = argparse.Namespace(batches=2, batch=500, warmup=1)
+    assert await backend.measure(servers.postgres_url, options, (0.3, 0)) > 0
+    assert await names() == before

@@ -83,16 +83,22 @@ async def run(
     return spent / max(counted, 1) * 1e6, stored
 
 
-async def _measure(dsn: str, options: argparse.Namespace, mix: tuple[float, int]) -> float:
-    target = await storage.prepared_database(dsn, f"bench_backend_{uuid.uuid4().hex[:12]}")
-    per_event, _ = await run(
-        target,
-        batches=options.batches,
-        batch=options.batch,
-        warmup=options.warmup,
-        returning=mix[0],
-        hot_users=mix[1],
-    )
+async def measure(dsn: str, options: argparse.Namespace, mix: tuple[float, int]) -> float:
+    """`run` on a database of its own on the server at `dsn`, dropped after."""
+    name = f"bench_backend_{uuid.uuid4().hex[:12]}"
+    target = await storage.prepared_database(dsn, name)
+    try:
+        per_event, _ = await run(
+            target,
+            batches=options.batches,
+            batch=options.batch,
+            warmup=options.warmup,
+            returning=mix[0],
+            hot_users=mix[1],
+        )
+    finally:
+        # A server given on the command line is the user's: leave it as it was.
+        await storage.drop_database(dsn, name)
     return per_event
 
 
@@ -118,7 +124,7 @@ def main() -> None:
             server = embedded.start_postgres(Path(folder) / "bench")
             dsn = server.url
         try:
-            per_event = asyncio.run(_measure(dsn, args, (returning, hot_users)))
+            per_event = asyncio.run(measure(dsn, args, (returning, hot_users)))
         finally:
             if server is not None:
                 server.stop()

@@ -108,17 +108,22 @@ async def run(dsn: str, rows: int, batch_size: int) -> None:
         database = f"bench_{abs(hash(name)) % 10**8}"
         target = await storage.prepared_database(dsn, database)
         pool = await storage.create_pool(target, size=1)
-        async with pool.acquire() as conn:
-            await conn.execute("DROP TABLE IF EXISTS events, rejected_events, schema_migrations")
-            await storage.migrate(conn)
-            for label in ("new rows", "all conflicts"):
-                started = time.perf_counter()
-                for batch in batches:
-                    async with conn.transaction():
-                        await method(conn, batch)
-                elapsed = time.perf_counter() - started
-                print(f"  {name:45s} {label:14s} {rows / elapsed:10,.0f} rows/s")
-        await pool.close()
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "DROP TABLE IF EXISTS events, rejected_events, schema_migrations"
+                )
+                await storage.migrate(conn)
+                for label in ("new rows", "all conflicts"):
+                    started = time.perf_counter()
+                    for batch in batches:
+                        async with conn.transaction():
+                            await method(conn, batch)
+                    elapsed = time.perf_counter() - started
+                    print(f"  {name:45s} {label:14s} {rows / elapsed:10,.0f} rows/s")
+        finally:
+            await pool.close()
+            await storage.drop_database(dsn, database)
 
 
 def main() -> None:
