@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adfunnel import storage
-from adfunnel.schema import event_row
+from adfunnel.schema import event_row, parse_timestamp
 from adfunnel.storage import GRAINS, StagedEvent, plan_segments
 from adfunnel.storage._filters import floor_to
 from adfunnel.tools.generator import Generator
@@ -87,11 +87,18 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
     ]
     # Repeat users: a fifth of the events reuse (and update) the user of an earlier event of
     # the same source, so users move between the single-event and repeat parts; or half of
-    # them come from three users per source.
+    # them come from three users per source. Half of the returning events fall in the same
+    # hour as the event they return to: an hour row names one event of its hour, and the
+    # others are found through pointers (migration 0023).
     others = {"new users": 0, "returning users": 800, "hot users": 0}[mix]
-    for event in rng.sample(events, others):
+    for number, event in enumerate(rng.sample(events, others)):
         make = generator.facebook if event["source"] == "facebook" else generator.tiktok
-        other = make(None, BASE + timedelta(seconds=rng.randrange(3 * 86_400)))
+        if number % 2:
+            hour = parse_timestamp(event["timestamp"]).replace(minute=0, second=0, microsecond=0)
+            at = hour + timedelta(seconds=rng.randrange(3_600))
+        else:
+            at = BASE + timedelta(seconds=rng.randrange(3 * 86_400))
+        other = make(None, at)
         other["data"]["user"]["userId"] = event["data"]["user"]["userId"]
         events.append(other)
     if mix == "hot users":
@@ -122,14 +129,16 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
     async with pool.acquire() as conn:
         assert await storage.rollup_mismatches(conn) == []
         assert await storage.demographic_mismatches(conn) == {}
-        repeat = await conn.fetchval("SELECT count(DISTINCT user_id) FROM repeat_user_copies")
+        repeat = await conn.fetchval("SELECT count(DISTINCT user_id) FROM repeat_user_hours")
         copies = await conn.fetchval("SELECT count(*) FROM repeat_user_copies")
         if mix == "new users":
             assert repeat < 20  # only re-sends with other content bring a user back
         elif mix == "returning users":
             assert repeat > 300  # the test exercises both parts
+            assert copies > 100  # and hours holding more than one event of a user
         else:
-            assert copies > 1_800  # the hot users' events, across three days
+            # The hot users' 2,000 events, but the latest of each of their ~430 hours.
+            assert copies > 1_200
         await same_demographics(conn, rng)
         deleted = await conn.execute(
             "DELETE FROM events WHERE event_id = ANY($1)", [e["eventId"] for e in events[:300]]
@@ -500,7 +509,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == [17, 18, 19, 20, 21, 22]
+            assert await storage.migrate(conn) == [17, 18, 19, 20, 21, 22, 23]
             assert await conn.fetchval("SELECT count(*) FROM repeat_user_copies") == copied
             assert await storage.demographic_mismatches(conn) == {}
             await same_demographics(conn, rng)
