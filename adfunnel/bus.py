@@ -51,10 +51,9 @@ def lane_filter(settings: Settings, lane: str) -> str:
     return f"{settings.nats_subject_prefix}.{lane}.>"
 
 
-def event_subject(settings: Settings, event: Accepted) -> str:
+def event_subject(settings: Settings, source: str, funnel_stage: str, event_type: str) -> str:
     """The subject an accepted event travels on, e.g. `events.facebook.top.ad.view`."""
-    prefix = settings.nats_subject_prefix
-    return f"{prefix}.{event.source}.{event.funnel_stage}.{event.event_type}"
+    return f"{settings.nats_subject_prefix}.{source}.{funnel_stage}.{event_type}"
 
 
 def stream_config(settings: Settings) -> StreamConfig:
@@ -150,10 +149,14 @@ def encode_batch(
     A rejection travels as a JSON line with its reason, index and payload.
     """
     base = {HEADER_CORRELATION: correlation_id, HEADER_RECEIVED_AT: received_at.isoformat()}
-    by_subject: dict[str, list[tuple[str, bytes]]] = {}
+    # Grouped by the routing keys, the models' own literals (their hashes are cached): a
+    # subject is spelled once per kind of event, not once per event.
+    by_kind: dict[tuple[str, str, str], list[tuple[str, bytes]]] = {}
     for event in accepted:
         line = copy_row(event.row, event.payload)
-        by_subject.setdefault(event_subject(settings, event), []).append((event.event_id, line))
+        kind = (event.source, event.funnel_stage, event.event_type)
+        by_kind.setdefault(kind, []).append((event.event_id, line))
+    by_subject = {event_subject(settings, *kind): lines for kind, lines in by_kind.items()}
     rejected_subject = lane_filter(settings, "rejected")
     by_subject[rejected_subject] = [
         # Rejections are never "the same message again": each message gets a fresh id.

@@ -193,11 +193,6 @@ def event_key(event_id: str) -> str:
     return hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _copy_payload(payload: bytes, row: EventRow, time: str) -> bytes:
-    # bytea in hex: `\x` and two digits a byte, its backslash doubled for COPY.
-    return b"\\\\x" + binascii.hexlify(compress(payload, row_ids(row[0], row[5], time)))
-
-
 # An event's time goes into its line twice: as microseconds since 1970 (~0.3 us to convert,
 # as much as the rest of a row's typed columns) and, to be cut out of its payload, as the
 # publisher's text (~1.5 us to render). The events of one request share a few hundred
@@ -258,9 +253,12 @@ def copy_row(row: EventRow, payload: bytes) -> bytes:
     # class cost 7,500 instructions a line.
     if text.count("\t") != _COPY_FIELDS - 1 or "\\" in text or "\n" in text or "\r" in text:
         text = "\t".join(map(_copy_text, _typed_fields(row, micros_text)))
-    key = event_key(row[0]).encode()
-    payload_hex = _copy_payload(payload, row, time)
-    return b"".join((text.encode(), b"\t", payload_hex, b"\t", key, b"\n"))
+    event_id = row[0]
+    # The payload as bytea in hex (`\x` and two digits a byte, the backslash doubled for
+    # COPY). The line is built as one text and encoded once: joining encoded parts copied
+    # every byte twice more.
+    blob = compress(payload, row_ids(event_id, row[5], time)).hex()
+    return f"{text}\t\\\\x{blob}\t{event_key(event_id)}\n".encode()
 
 
 def _correlation_columns(correlation_id: str | None) -> tuple[str | None, str | None]:
