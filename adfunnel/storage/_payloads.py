@@ -117,37 +117,41 @@ def row_ids(event_id: str, user_id: str, time: str) -> tuple[str, str, str]:
     return event_id, user_id, time
 
 
+_IDS_CUT = len(_CUTS[CURRENT])
+
+
 def cut(payload: bytes, ids: tuple[str, ...]) -> tuple[bytes, bytes]:
     """`payload` without `ids` (`row_ids` of its row) wherever they occur in it, and the
     marks of a payload that say where they were."""
-    if len(ids) != len(_CUTS[CURRENT]):
-        raise ValueError(f"a payload is stored with {len(_CUTS[CURRENT])} ids cut, not {len(ids)}")
-    # The usual case, once per event: all three in the payload, in the order cut.
+    if len(ids) != _IDS_CUT:
+        raise ValueError(f"a payload is stored with {_IDS_CUT} ids cut, not {len(ids)}")
+    # The usual case, once per event: all three in the payload, in the order cut. Each
+    # length is taken once: this runs for every event the gateway accepts.
     try:
         first, second, third = ids[0].encode(), ids[2].encode(), ids[1].encode()
     except UnicodeEncodeError:  # a lone surrogate: the general case below
         first = b""
-    one = payload.find(first) if first else -1
-    two = payload.find(second, one + len(first)) if one >= 0 and second else -1
-    three = payload.find(third, two + len(second)) if two >= 0 and third else -1
-    if 0 <= three < _SMALL:
-        marks = b"".join(
-            (
-                _CUT_MARK,
-                _SMALL_VARINTS[one + 1],
-                _SMALL_VARINTS[two - len(first) + 1],
-                _SMALL_VARINTS[three - len(first) - len(second) + 1],
+    if first and second and third:
+        size_one, size_two = len(first), len(second)
+        one = payload.find(first)
+        two = payload.find(second, one + size_one) if one >= 0 else -1
+        three = payload.find(third, two + size_two) if two >= 0 else -1
+        if 0 <= three < _SMALL:
+            marks = (
+                _CUT_MARK
+                + _SMALL_VARINTS[one + 1]
+                + _SMALL_VARINTS[two - size_one + 1]
+                + _SMALL_VARINTS[three - size_one - size_two + 1]
             )
-        )
-        rest = b"".join(
-            (
-                payload[:one],
-                payload[one + len(first) : two],
-                payload[two + len(second) : three],
-                payload[three + len(third) :],
+            rest = b"".join(
+                (
+                    payload[:one],
+                    payload[one + size_one : two],
+                    payload[two + size_two : three],
+                    payload[three + len(third) :],
+                )
             )
-        )
-        return rest, marks
+            return rest, marks
     found = [_CUT_MARK]
     rest = payload
     for index in _CUTS[CURRENT]:

@@ -1,22 +1,33 @@
--- Pointers only for the events an hour row does not already name (SPEC §8, §9).
+-- Pointers only for the events an hour row does not name (SPEC §8, §9).
 --
 -- Since 0017 every event of a user with several events had a pointer, and each user-hour also
 -- has an hour row naming its latest event (per track: 'f' for Facebook, 't' for all of a
 -- TikTok user's events). A removal, the only reader of pointers, needs every event of a
 -- struck hour, or the one event left of a user going back to one; the latest of each hour is
--- in its hour row already. So an entering event now gets a pointer only when it is not the
--- latest of its user-hour on its source's track, and an hour row's event gets one when a later
--- event takes its place. With returning users most user-hours hold two or three events:
--- 45 % fewer pointers (one-connection tool, 100 batches of 16,000 events, 30 % returning).
+-- in its hour row already. So an event of a user with several now has a pointer exactly when
+-- it is not the latest of its user-hour on its source's track: an entering event that does
+-- not win its hour gets one, an hour row's event gets one when a later event takes its place,
+-- and an event that becomes its hour's latest again when a later one is removed loses its
+-- own. Readers take the union of pointers and hour rows. With returning users most
+-- user-hours hold two or three events: 45 % fewer pointers.
 --
--- What a pointer means is now "an event of a user with several events", and every such event
--- that is not the latest of its source's user-hour has one. Pointers stored before this
--- migration, and those of an event that became an hour's latest again when a later one was
--- removed, are extra, not wrong: readers take the union of pointers and hour rows and keep
--- each event once. Nothing is rewritten here.
+-- The pointers of the events hour rows name are removed here, once: one probe of the
+-- pointers' key per hour row of the source tracks (seconds for a few million hour rows).
+
+-- `adfunnel_event_key` (0016) was declared IMMUTABLE over `convert_to`, which is STABLE, so
+-- the planner never inlined it: each call ran its body as a query of its own (~4 us against
+-- ~1.7 inlined, 200,000 calls in one statement). STABLE is what its body is, and nothing
+-- needs it immutable (no index or generated column uses it).
+ALTER FUNCTION adfunnel_event_key(text) STABLE;
+
+DELETE FROM repeat_user_copies c USING repeat_user_hours h
+WHERE h.track <> 'p'
+    AND (c.source, c.user_id, c.event_time, c.event_key)
+        = (CASE h.track WHEN 'f' THEN 'facebook' ELSE 'tiktok' END, h.user_id, h.event_time,
+           adfunnel_event_key(h.event_id));
 
 -- 0018's step 2 of adding rows: pointers after the hour rows, for the events that did not win
--- their user-hour, and for a stored latest event a batch event displaced.
+-- their user-hour, and for a stored latest event a batch event displaced (it had none).
 CREATE OR REPLACE FUNCTION adfunnel_apply_added(rel text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 SELECT format(
@@ -30,16 +41,17 @@ SELECT format(
     '  WHERE (r.source, r.user_id) IN (SELECT source, user_id FROM multi)'
     '  UNION ALL SELECT * FROM moved_rows),'
     '%5$s,'
-    ' won AS MATERIALIZED (SELECT * FROM held d WHERE d.track <> ''p'' AND (NOT d.own'
+    ' won AS MATERIALIZED (SELECT d.event_id, d.own, d.h FROM held d'
+    '  WHERE d.track <> ''p'' AND (NOT d.own'
     '  OR ROW(d.event_time, d.received_at, d.event_id)'
     '   > ROW((d.h).event_time, (d.h).received_at, (d.h).event_id))),'
     ' copies AS (INSERT INTO repeat_user_copies'
     '  SELECT event_time, event_key, source, user_id FROM entering_rows'
-    '  WHERE (user_id, event_id) NOT IN (SELECT user_id, event_id FROM won)'
+    '  WHERE event_id NOT IN (SELECT event_id FROM won)'
     '  ORDER BY source, user_id, event_time),'
     ' displaced AS (INSERT INTO repeat_user_copies'
     '  SELECT (d.h).event_time, adfunnel_event_key((d.h).event_id), (d.h).source, (d.h).user_id'
-    '  FROM won d WHERE d.own ORDER BY 3, 4, 1 ON CONFLICT DO NOTHING),'
+    '  FROM won d WHERE d.own ORDER BY 3, 4, 1),'
     ' single AS (SELECT %2$s, 1 AS sign FROM %1$s r'
     '  WHERE (r.source, r.user_id) NOT IN (SELECT source, user_id FROM multi)'
     '  UNION ALL SELECT *, -1 FROM moved),'
@@ -90,7 +102,7 @@ SELECT format(
 $$;
 
 -- 0017's rebuild of the touched users' hour rows: a struck hour is recounted from its
--- pointers and the event its source's hour row names.
+-- pointers and the event its source's hour row names, and the new latest loses its pointer.
 CREATE OR REPLACE FUNCTION adfunnel_hours_removed() RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 SELECT format($q$
@@ -135,6 +147,12 @@ SELECT format($q$
     SELECT track, hour, coalesce(lead(hour) OVER (PARTITION BY track, user_id ORDER BY hour),
            'infinity'), %3$s
     FROM kept k),
+ -- A recounted hour's new latest event is named by its hour row from now on.
+ repointed AS (
+    DELETE FROM repeat_user_copies c USING recounted r
+    WHERE r.track <> 'p'
+        AND (c.source, c.user_id, c.event_time, c.event_key)
+            = (r.source, r.user_id, r.event_time, adfunnel_event_key(r.event_id))),
  hours_gone AS (
     DELETE FROM repeat_user_hours h USING hours_before b
     WHERE (h.track, h.user_id, h.hour) = (b.track, b.user_id, b.hour)
