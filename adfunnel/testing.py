@@ -39,6 +39,15 @@ def unique_database(tag: str = "t") -> str:
     return f"{tag}_{uuid.uuid4().hex[:10]}"
 
 
+async def database_names(server_dsn: str) -> set[str]:
+    """The names of the databases on the server at `server_dsn`."""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        return {row["datname"] for row in await conn.fetch("SELECT datname FROM pg_database")}
+    finally:
+        await conn.close()
+
+
 def wait_until(
     probe: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.25, what: str = ""
 ) -> T:

@@ -77,16 +77,15 @@ async def prepared_database(server_dsn: str, name: str) -> str:
     return server_dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _checked_name(name: str) -> str:
+def _check_name(name: str) -> None:
     # Database names go into DDL as identifiers, which cannot be bound as parameters.
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
         raise ValueError(f"unsafe database name {name!r}")
-    return name
 
 
 async def ensure_database(server_dsn: str, name: str) -> None:
     """Create database `name` on the server if it does not exist yet."""
-    _checked_name(name)
+    _check_name(name)
     conn = await asyncpg.connect(server_dsn)
     try:
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -98,7 +97,7 @@ async def ensure_database(server_dsn: str, name: str) -> None:
 
 async def drop_database(server_dsn: str, name: str) -> None:
     """Drop database `name` from the server if it exists, closing its connections first."""
-    _checked_name(name)
+    _check_name(name)
     conn = await asyncpg.connect(server_dsn)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -18,7 +18,7 @@ import pytest
 from adfunnel import schema, storage
 from adfunnel.schema import dump_json, parse_timestamp
 from adfunnel.storage import EventFilters, RejectedRow, StagedEvent
-from adfunnel.testing import unique_database
+from adfunnel.testing import database_names, unique_database
 from adfunnel.tools.generator import Generator
 
 pytestmark = pytest.mark.integration
@@ -138,21 +138,13 @@ async def test_a_second_migration_run_applies_nothing(database: str) -> None:
 # -- databases -----------------------------------------------------------------------------
 
 
-async def _database_names(server_dsn: str) -> set[str]:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        return {row["datname"] for row in await conn.fetch("SELECT datname FROM pg_database")}
-    finally:
-        await conn.close()
-
-
 async def test_a_database_is_dropped_with_its_open_connections(servers: Any) -> None:
     name = unique_database("drop")
     url = await storage.prepared_database(servers.postgres_url, name)
     left_open = await asyncpg.connect(url)
     try:
         await storage.drop_database(servers.postgres_url, name)
-        assert name not in await _database_names(servers.postgres_url)
+        assert name not in await database_names(servers.postgres_url)
         await storage.drop_database(servers.postgres_url, name)  # already gone: nothing to do
     finally:
         await left_open.close()

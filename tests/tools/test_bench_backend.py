@@ -6,9 +6,9 @@ import argparse
 import os
 from typing import Any
 
-import asyncpg
 import pytest
 
+from adfunnel.testing import database_names
 from adfunnel.tools.bench import backend
 from adfunnel.tools.bench.system import read_proc
 
@@ -36,15 +36,7 @@ async def test_every_batch_is_stored_and_only_the_measured_ones_counted(database
 
 @pytest.mark.integration
 async def test_the_tool_leaves_the_server_without_its_database(servers: Any) -> None:
-    async def names() -> set[str]:
-        conn = await asyncpg.connect(servers.postgres_url)
-        try:
-            rows = await conn.fetch("SELECT datname FROM pg_database")
-        finally:
-            await conn.close()
-        return {row["datname"] for row in rows}
-
-    before = await names()
+    before = await database_names(servers.postgres_url)
     options = argparse.Namespace(batches=2, batch=500, warmup=1)
     assert await backend.measure(servers.postgres_url, options, (0.3, 0)) > 0
-    assert await names() == before
+    assert await database_names(servers.postgres_url) == before
