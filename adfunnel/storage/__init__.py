@@ -25,6 +25,7 @@ from adfunnel.storage._database import (
     ensure_database,
     prepared_database,
     wait_for_database,
+    wal_position,
 )
 from adfunnel.storage._demographics import (
     AGE_BUCKETS,
@@ -164,5 +165,6 @@ __all__ = [
     "stored_traces",
     "stored_under",
     "wait_for_database",
+    "wal_position",
     "where_clause",
 ]

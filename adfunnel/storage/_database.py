@@ -1,4 +1,5 @@
-"""Connections: pools prepared for the project's sessions, waiting for a server, databases."""
+"""Connections: pools prepared for the project's sessions, waiting for a server, databases,
+and what a server has stored (disk, WAL)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,10 @@ async def disk_usage(conn: Conn) -> tuple[int, dict[str, int], dict[str, int]]:
         {row["name"]: int(row["bytes"]) for row in rows},
         {row["name"]: int(row["bytes"]) for row in parts},
     )
+
+
+async def wal_position(conn: Conn) -> int:
+    """The server's WAL insert position in bytes. Two readings bound the WAL every database
+    of the server wrote between them: a measure of write work that does not drift with the
+    machine's speed, as CPU time does. Only a primary has one."""
+    return int(await conn.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))

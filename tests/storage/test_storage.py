@@ -544,6 +544,16 @@ async def test_stored_counts(pool: asyncpg.Pool) -> None:
         assert await storage.stored_counts(conn) == (12, 2)
 
 
+async def test_the_wal_position_moves_by_what_is_written(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        before = await storage.wal_position(conn)
+        # A WAL record of 10,000 bytes that touches no table.
+        await conn.execute("SELECT pg_logical_emit_message(false, 'adfunnel', repeat('x', 10000))")
+        moved = await storage.wal_position(conn) - before
+    # Other tests' writes on the same server may land in between: at least, not exactly.
+    assert moved >= 10_000
+
+
 # -- fetch_event ---------------------------------------------------------------------------
 
 

@@ -65,6 +65,8 @@ async def test_a_small_run_accounts_every_accepted_event(system: Deployed) -> No
     assert all(value > 0 for value in results.freshness)
     assert set(figures["cpu_ledger"]) == {"e2e", "acks", "sustained"}
     assert figures["cpu_ledger"]["e2e"]["events"] == results.e2e_events
+    # Every stored event's row reaches the WAL: in each phase, at least 100 bytes an event.
+    assert all(phase["wal_bytes_per_event"] > 100 for phase in figures["cpu_ledger"].values())
     # Bytes on disk per stored event, from the real tables: the events table's own share
     # is most of it, and the shares add up to the total.
     by_table = figures["disk_bytes_per_event_by_table"]
@@ -135,7 +137,7 @@ def test_the_figures_carry_the_batched_floor_and_the_cpu_ledger() -> None:
     results = Results(floor=10_000.0, floor_batched=40_000.0, e2e_events=20_000, e2e_seconds=1.0)
     system = dict.fromkeys(COMPONENTS, 0.0) | {"gateway": 0.5, "postgres": 0.25}
     outside = dict.fromkeys(COMPONENTS, 0.0) | {"other": 1.0}
-    results.cpu["sustained"] = PhaseCpu(25_000, 10.0, system, outside)
+    results.cpu["sustained"] = PhaseCpu(25_000, 10.0, system, outside, wal_bytes=20_000_000)
     figures = results.figures()
     assert figures["ratio_vs_floor"] == 2.0
     assert figures["floor_batched_events_per_s"] == 40_000
@@ -148,12 +150,16 @@ def test_the_figures_carry_the_batched_floor_and_the_cpu_ledger() -> None:
     assert sustained["events"] == 25_000 and sustained["outside_us_per_event"] == 40.0
     printed = bench_e2e.cpu_table(figures["cpu_ledger"])
     assert "| gateway | 20.0 |" in printed and "| **total** | 30.0 |" in printed
+    # 20 MB of WAL over 25,000 events.
+    assert figures["wal_bytes_per_event"] == sustained["wal_bytes_per_event"] == 800.0
+    assert "| WAL bytes/event | 800.0 |" in printed
     assert "cpu_ledger" not in bench_e2e.table(figures)
 
 
 def test_without_a_phase_the_cpu_figures_are_empty() -> None:
     figures = Results().figures()
     assert figures["cpu_us_per_event"] is None and figures["cpu_ledger"] == {}
+    assert figures["wal_bytes_per_event"] is None
     assert bench_e2e.cpu_table({}) == ""
 
 

@@ -7,7 +7,8 @@ Generated events, stamped 3.75 ms apart (a 16,000-event batch covers a minute), 
 `storage.insert_events` on one connection with the writers' session settings, one
 transaction per batch of messages of 1,000 events, into a new database on the server (or
 on the embedded PostgreSQL in a temporary directory). The backend's CPU time is read from
-`/proc` around each batch, so the server must run on this machine; the first `--warmup`
+`/proc` around each batch, so the server must run on this machine, and with it the WAL the
+server wrote (its insert position: all of the server's databases); the first `--warmup`
 batches are left out. What a change to the writers' SQL costs, apart from the gateway, Ray
 and the other writer; the other PostgreSQL processes (WAL writer, checkpointer,
 autovacuum) are not in it. Against a server run under `valgrind --tool=callgrind` it makes
@@ -23,6 +24,7 @@ import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -36,11 +38,18 @@ _PER_MESSAGE = 1_000
 _STEP = timedelta(microseconds=3_750)
 
 
+class Measured(NamedTuple):
+    """What the batches after the warm-up cost, per event, and the events stored in all."""
+
+    cpu_us: float  # the backend's CPU
+    wal_bytes: float  # the server's WAL
+    stored: int
+
+
 async def run(
     target: str, *, batches: int, batch: int, warmup: int, returning: float, hot_users: int
-) -> tuple[float, int]:
-    """Store the batches in database `target` (migrated here); returns the backend's µs of
-    CPU per event after the warm-up, and the events stored in all."""
+) -> Measured:
+    """Store the batches in database `target` (migrated here)."""
     moment = datetime(2026, 12, 1, tzinfo=UTC)
 
     def clock() -> datetime:
@@ -50,7 +59,7 @@ async def run(
 
     generator = Generator(seed=7, clock=clock, returning_share=returning, hot_users=hot_users)
     pool = await storage.create_pool(target, size=1)
-    spent, counted = 0.0, 0
+    spent, wal, counted = 0.0, 0, 0
     try:
         async with pool.acquire() as conn:
             await storage.migrate(conn)
@@ -71,24 +80,26 @@ async def run(
                                 sequence,
                             )
                         )
+                wal_before = await storage.wal_position(conn)
                 before = cpu_seconds(pid)
                 async with conn.transaction():
                     await storage.insert_events(conn, events)
                 if number >= warmup:
                     spent += cpu_seconds(pid) - before
+                    wal += await storage.wal_position(conn) - wal_before
                     counted += len(events)
             stored = int(await conn.fetchval("SELECT count(*) FROM events"))
     finally:
         await pool.close()
-    return spent / max(counted, 1) * 1e6, stored
+    return Measured(spent / max(counted, 1) * 1e6, wal / max(counted, 1), stored)
 
 
-async def measure(dsn: str, options: argparse.Namespace, mix: tuple[float, int]) -> float:
+async def measure(dsn: str, options: argparse.Namespace, mix: tuple[float, int]) -> Measured:
     """`run` on a database of its own on the server at `dsn`, dropped after."""
     name = f"bench_backend_{uuid.uuid4().hex[:12]}"
     target = await storage.prepared_database(dsn, name)
     try:
-        per_event, _ = await run(
+        return await run(
             target,
             batches=options.batches,
             batch=options.batch,
@@ -99,7 +110,6 @@ async def measure(dsn: str, options: argparse.Namespace, mix: tuple[float, int])
     finally:
         # A server given on the command line is the user's: leave it as it was.
         await storage.drop_database(dsn, name)
-    return per_event
 
 
 def main() -> None:
@@ -124,14 +134,15 @@ def main() -> None:
             server = embedded.start_postgres(Path(folder) / "bench")
             dsn = server.url
         try:
-            per_event = asyncio.run(measure(dsn, args, (returning, hot_users)))
+            measured = asyncio.run(measure(dsn, args, (returning, hot_users)))
         finally:
             if server is not None:
                 server.stop()
     counted = (args.batches - args.warmup) * args.batch
     print(
-        f"PostgreSQL backend: {per_event:.2f} us of CPU per event over {counted:,} events"
-        f" (returning {returning}, hot users {hot_users}, {args.batch:,} per batch)"
+        f"PostgreSQL backend: {measured.cpu_us:.2f} us of CPU per event over {counted:,} events"
+        f" (returning {returning}, hot users {hot_users}, {args.batch:,} per batch);"
+        f" {measured.wal_bytes:,.1f} bytes of WAL per event"
     )
 
 

@@ -98,6 +98,21 @@ class Target:
     # How to find its processes for the CPU ledger (default: by title, machine-wide).
     processes: CpuMeter = field(default_factory=CpuMeter)
 
+    async def wal_position(self) -> int | None:
+        """Its PostgreSQL server's WAL insert position (None without a database URL)."""
+        if not self.database_url:
+            return None
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return await storage.wal_position(conn)
+        finally:
+            await conn.close()
+
+    async def wal_since(self, start: int | None) -> int | None:
+        """WAL bytes the server wrote since `start`, a `wal_position`."""
+        end = await self.wal_position()
+        return None if start is None or end is None else end - start
+
 
 @dataclass
 class Sample:
@@ -123,10 +138,15 @@ class PhaseCpu:
     system: dict[str, float]
     # The rest of the machine (not counted): how noisy the measurement was.
     outside: dict[str, float]
+    # WAL the database server wrote meanwhile: PostgreSQL's write work, in bytes, which
+    # unlike its CPU time does not drift with the machine's speed.
+    wal_bytes: int | None = None
 
     @classmethod
-    def of(cls, window: CpuWindow, events: int) -> PhaseCpu:
-        return cls(events, window.wall_s, window.system.seconds(), window.outside.seconds())
+    def of(cls, window: CpuWindow, events: int, wal_bytes: int | None = None) -> PhaseCpu:
+        return cls(
+            events, window.wall_s, window.system.seconds(), window.outside.seconds(), wal_bytes
+        )
 
     def us_per_event(self, cpu_s: float) -> float | None:
         return round(cpu_s * 1e6 / self.events, 1) if self.events > 0 else None
@@ -138,6 +158,9 @@ class PhaseCpu:
             "total_us_per_event": self.us_per_event(sum(self.system.values())),
             "by_component": {name: self.us_per_event(s) for name, s in self.system.items()},
             "outside_us_per_event": self.us_per_event(sum(self.outside.values())),
+            "wal_bytes_per_event": (
+                _per_event(self.wal_bytes, self.events) if self.wal_bytes is not None else None
+            ),
         }
 
 
@@ -247,6 +270,7 @@ class Results:
         steady = ledger.get("sustained", {})
         figures["cpu_us_per_event"] = steady.get("total_us_per_event")
         figures["cpu_us_per_event_by_component"] = steady.get("by_component")
+        figures["wal_bytes_per_event"] = steady.get("wal_bytes_per_event")
         if self.soak is not None:
             figures |= self.soak.figures()
         figures["cpu_ledger"] = ledger
@@ -365,11 +389,12 @@ async def phase_e2e(client: httpx.AsyncClient, target: Target, plan: BenchPlan, 
     count, rest = divmod(plan.e2e_events, plan.big_batch)
     batches = _batches(options, [plan.big_batch] * count + ([rest] if rest else []))
     before = await visible_total(client)
+    wal = await target.wal_position()
     with target.processes.phase() as cpu:
         started = time.monotonic()
         summary = await publish.publish(options, batches=batches)
         done = await wait_visible(client, before + len(summary.accepted_ids()), 600)
-    r.cpu["e2e"] = PhaseCpu.of(cpu, len(summary.accepted_ids()))
+    r.cpu["e2e"] = PhaseCpu.of(cpu, len(summary.accepted_ids()), await target.wal_since(wal))
     _record(r, summary)
     r.e2e_events, r.e2e_seconds = len(summary.accepted_ids()), done - started
 
@@ -381,10 +406,11 @@ async def phase_acks(
     options = _options(target, plan, interval_s=2.0, seed=plan.seed + 1)
     batches = _batches(options, [plan.big_batch] * plan.ack_posts)
     before = await visible_total(client)
+    wal = await target.wal_position()
     with target.processes.phase() as cpu:
         summary = await publish.publish(options, batches=batches)
         await wait_visible(client, before + len(summary.accepted_ids()), 600)
-    r.cpu["acks"] = PhaseCpu.of(cpu, len(summary.accepted_ids()))
+    r.cpu["acks"] = PhaseCpu.of(cpu, len(summary.accepted_ids()), await target.wal_since(wal))
     _record(r, summary)
     r.ack_latencies += [p.latency_s for p in summary.posts if p.ok]
 
@@ -426,6 +452,7 @@ async def phase_sustained(
                 await asyncio.sleep(1.0)
 
     stop = asyncio.Event()
+    wal = await target.wal_position()
     # The ledger covers publishing and the drain: the CPU that stored every accepted event.
     with target.processes.phase() as cpu:
         sampler = asyncio.create_task(sample_backlog(stop))
@@ -438,7 +465,7 @@ async def phase_sustained(
         await wait_visible(client, before + len(summary.accepted_ids()), 900)
     _record(r, summary)
     r.sustained_accepted = len(summary.accepted_ids())
-    r.cpu["sustained"] = PhaseCpu.of(cpu, r.sustained_accepted)
+    r.cpu["sustained"] = PhaseCpu.of(cpu, r.sustained_accepted, await target.wal_since(wal))
     r.sustained_stored, r.sustained_seconds = stored_in_window, window
     if target.database_url:
         r.freshness += await _freshness(target.database_url, summary, plan)
@@ -597,6 +624,7 @@ async def _soak(
     """The soak's window: publish, drain, and book the CPU of both."""
     before = await visible_total(client)
     stop = asyncio.Event()
+    wal = await target.wal_position()
     with target.processes.phase() as cpu:
         sampler = asyncio.create_task(_sample_stored(client, before, soak, stop))
         summary = await publish.publish(options, batches=source)
@@ -614,7 +642,7 @@ async def _soak(
     soak.lag_max_s = max((p.lag_s for p in summary.posts), default=0.0)
     r.failed_posts += summary.failed_posts
     r.refused_posts += summary.refused_posts
-    r.cpu["soak"] = PhaseCpu.of(cpu, soak.stored_total)
+    r.cpu["soak"] = PhaseCpu.of(cpu, soak.stored_total, await target.wal_since(wal))
 
 
 async def _freshness(database_url: str, summary: PublishSummary, plan: BenchPlan) -> list[float]:
@@ -733,6 +761,7 @@ def cpu_table(ledger: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     lines.append(row("**total**", [ledger[p]["total_us_per_event"] for p in phases]))
     lines.append(row("outside the system", [ledger[p]["outside_us_per_event"] for p in phases]))
+    lines.append(row("WAL bytes/event", [ledger[p].get("wal_bytes_per_event") for p in phases]))
     lines.append(row("events", [ledger[p]["events"] for p in phases]))
     lines.append(row("wall s", [ledger[p]["seconds"] for p in phases]))
     return "\n".join(lines)
