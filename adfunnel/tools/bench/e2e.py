@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -98,8 +98,18 @@ class Target:
     # How to find its processes for the CPU ledger (default: by title, machine-wide).
     processes: CpuMeter = field(default_factory=CpuMeter)
 
-    async def wal_position(self) -> int | None:
-        """Its PostgreSQL server's WAL insert position (None without a database URL)."""
+    @contextlib.asynccontextmanager
+    async def phase(self) -> AsyncIterator[PhaseWindow]:
+        """A phase's window: the CPU ledger's, and the WAL its server wrote meanwhile."""
+        start = await self._wal_position()
+        with self.processes.phase() as cpu:
+            window = PhaseWindow(cpu)
+            yield window
+        end = await self._wal_position()
+        if start is not None and end is not None:
+            window.wal_bytes = end - start
+
+    async def _wal_position(self) -> int | None:
         if not self.database_url:
             return None
         conn = await asyncpg.connect(self.database_url)
@@ -108,10 +118,14 @@ class Target:
         finally:
             await conn.close()
 
-    async def wal_since(self, start: int | None) -> int | None:
-        """WAL bytes the server wrote since `start`, a `wal_position`."""
-        end = await self.wal_position()
-        return None if start is None or end is None else end - start
+
+@dataclass
+class PhaseWindow:
+    """What `Target.phase` measured: the CPU window, and the WAL bytes once it closed (None
+    without a database URL)."""
+
+    cpu: CpuWindow
+    wal_bytes: int | None = None
 
 
 @dataclass
@@ -143,9 +157,10 @@ class PhaseCpu:
     wal_bytes: int | None = None
 
     @classmethod
-    def of(cls, window: CpuWindow, events: int, wal_bytes: int | None = None) -> PhaseCpu:
+    def of(cls, window: PhaseWindow, events: int) -> PhaseCpu:
+        cpu = window.cpu
         return cls(
-            events, window.wall_s, window.system.seconds(), window.outside.seconds(), wal_bytes
+            events, cpu.wall_s, cpu.system.seconds(), cpu.outside.seconds(), window.wal_bytes
         )
 
     def us_per_event(self, cpu_s: float) -> float | None:
@@ -389,12 +404,11 @@ async def phase_e2e(client: httpx.AsyncClient, target: Target, plan: BenchPlan, 
     count, rest = divmod(plan.e2e_events, plan.big_batch)
     batches = _batches(options, [plan.big_batch] * count + ([rest] if rest else []))
     before = await visible_total(client)
-    wal = await target.wal_position()
-    with target.processes.phase() as cpu:
+    async with target.phase() as measured:
         started = time.monotonic()
         summary = await publish.publish(options, batches=batches)
         done = await wait_visible(client, before + len(summary.accepted_ids()), 600)
-    r.cpu["e2e"] = PhaseCpu.of(cpu, len(summary.accepted_ids()), await target.wal_since(wal))
+    r.cpu["e2e"] = PhaseCpu.of(measured, len(summary.accepted_ids()))
     _record(r, summary)
     r.e2e_events, r.e2e_seconds = len(summary.accepted_ids()), done - started
 
@@ -406,11 +420,10 @@ async def phase_acks(
     options = _options(target, plan, interval_s=2.0, seed=plan.seed + 1)
     batches = _batches(options, [plan.big_batch] * plan.ack_posts)
     before = await visible_total(client)
-    wal = await target.wal_position()
-    with target.processes.phase() as cpu:
+    async with target.phase() as measured:
         summary = await publish.publish(options, batches=batches)
         await wait_visible(client, before + len(summary.accepted_ids()), 600)
-    r.cpu["acks"] = PhaseCpu.of(cpu, len(summary.accepted_ids()), await target.wal_since(wal))
+    r.cpu["acks"] = PhaseCpu.of(measured, len(summary.accepted_ids()))
     _record(r, summary)
     r.ack_latencies += [p.latency_s for p in summary.posts if p.ok]
 
@@ -452,9 +465,8 @@ async def phase_sustained(
                 await asyncio.sleep(1.0)
 
     stop = asyncio.Event()
-    wal = await target.wal_position()
     # The ledger covers publishing and the drain: the CPU that stored every accepted event.
-    with target.processes.phase() as cpu:
+    async with target.phase() as measured:
         sampler = asyncio.create_task(sample_backlog(stop))
         started = time.monotonic()
         summary = await publish.publish(options, batches=batches, on_progress=on_progress)
@@ -465,7 +477,7 @@ async def phase_sustained(
         await wait_visible(client, before + len(summary.accepted_ids()), 900)
     _record(r, summary)
     r.sustained_accepted = len(summary.accepted_ids())
-    r.cpu["sustained"] = PhaseCpu.of(cpu, r.sustained_accepted, await target.wal_since(wal))
+    r.cpu["sustained"] = PhaseCpu.of(measured, r.sustained_accepted)
     r.sustained_stored, r.sustained_seconds = stored_in_window, window
     if target.database_url:
         r.freshness += await _freshness(target.database_url, summary, plan)
@@ -624,8 +636,7 @@ async def _soak(
     """The soak's window: publish, drain, and book the CPU of both."""
     before = await visible_total(client)
     stop = asyncio.Event()
-    wal = await target.wal_position()
-    with target.processes.phase() as cpu:
+    async with target.phase() as measured:
         sampler = asyncio.create_task(_sample_stored(client, before, soak, stop))
         summary = await publish.publish(options, batches=source)
         stop.set()
@@ -636,13 +647,14 @@ async def _soak(
         except TimeoutError as error:
             log(f"soak: {error}")
         soak.stored_total = await visible_total(client) - before
-    base = cpu.totals[0][1] if cpu.totals else 0.0
-    soak.cpu = [(t, total - base) for t, total in cpu.totals]
+    totals = measured.cpu.totals
+    base = totals[0][1] if totals else 0.0
+    soak.cpu = [(t, total - base) for t, total in totals]
     soak.seconds, soak.sent = summary.seconds, summary.sent
     soak.lag_max_s = max((p.lag_s for p in summary.posts), default=0.0)
     r.failed_posts += summary.failed_posts
     r.refused_posts += summary.refused_posts
-    r.cpu["soak"] = PhaseCpu.of(cpu, soak.stored_total, await target.wal_since(wal))
+    r.cpu["soak"] = PhaseCpu.of(measured, soak.stored_total)
 
 
 async def _freshness(database_url: str, summary: PublishSummary, plan: BenchPlan) -> list[float]:
