@@ -159,20 +159,25 @@ def _timestamp(path: str, value: Any) -> datetime:
         raise _FieldError(f"{path}: {error}") from None
 
 
-_NEVER = object()
-# The last event `timestamp` parsed, and its value. A publisher stamps a whole batch within a
-# few milliseconds, so consecutive events mostly share it, and comparing two strings is
-# several times cheaper than parsing one again. One tuple, so threads never see half of it.
-_last_event_time: tuple[object, datetime] = (_NEVER, datetime.min)
+# Event `timestamp` texts already parsed, and their values. A body's events share a few
+# thousand timestamps in no order (the publisher stamps a POST within a second, to the
+# millisecond, and shuffles late events in), so each text is parsed once. Every event with
+# that text then gets the same datetime, whose hash is computed once: the writers' line
+# cache looks times up by it, and hashing a new aware datetime cost more than parsing it.
+# Bounded, and dropped whole when full: any thread may clear it.
+_EVENT_TIMES: dict[str, datetime] = {}
+_EVENT_TIMES_MAX = 8192
 
 
 def _event_time(value: Any) -> datetime:
-    global _last_event_time
-    last = _last_event_time
-    if last[0] == value:
-        return last[1]
+    if type(value) is str:
+        known = _EVENT_TIMES.get(value)
+        if known is not None:
+            return known
     parsed = _timestamp("timestamp", value)
-    _last_event_time = (value, parsed)
+    if len(_EVENT_TIMES) >= _EVENT_TIMES_MAX:
+        _EVENT_TIMES.clear()
+    _EVENT_TIMES[value] = parsed
     return parsed
 
 

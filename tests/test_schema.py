@@ -657,10 +657,12 @@ def test_event_row_of_an_invalid_event_names_the_field() -> None:
         event_row(event)
 
 
-def test_consecutive_timestamps_are_each_their_own() -> None:
-    # Consecutive events mostly share their timestamp, which is remembered: never wrongly.
+def test_remembered_timestamps_are_each_their_own() -> None:
+    # A body's events share their timestamps, which are remembered by text: never wrongly,
+    # and a text refused once is refused again.
     texts = ["2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z", "2026-11-27T12:00:00+02:00"]
     texts += ["2026-11-27T10:00:00.001Z", "yesterday", "2026-11-27T10:00:00.001Z", ""]
+    texts += ["yesterday", "2026-11-27T10:00:00Z"]
     for source, event_type in (("facebook", "ad.click"), ("tiktok", "purchase")):
         for text in texts:
             event = make(source, event_type)
@@ -670,6 +672,16 @@ def test_consecutive_timestamps_are_each_their_own() -> None:
             else:
                 assert accepted(event).row.event_time == schema.parse_timestamp(text)
                 assert accepted(event).row.event_time.tzinfo is UTC
+
+
+def test_events_with_one_timestamp_text_share_its_datetime() -> None:
+    # One object per text: its hash, which the writers' line cache looks it up by, is
+    # computed once, not once per event.
+    first, other, again = (make("tiktok", "like", seed) for seed in (1, 2, 3))
+    first["timestamp"] = again["timestamp"] = "2026-11-27T10:00:00.007Z"
+    other["timestamp"] = "2026-11-27T10:00:00.008Z"
+    times = [accepted(event).row.event_time for event in (first, other, again)]
+    assert times[0] is times[2] and times[0] != times[1]
 
 
 @pytest.mark.parametrize(
