@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from adfunnel.storage._demographics import DEMOGRAPHIC_COLUMNS, DEMOGRAPHIC_GRAINS, KEYS
+from adfunnel.storage._demographics import (
+    DEMOGRAPHIC_COLUMNS,
+    DEMOGRAPHIC_GRAINS,
+    KEYS,
+    ONE_HOUR_LIMIT,
+)
 from adfunnel.storage._filters import GRAINS, REVENUE_CONDITION
 
 if TYPE_CHECKING:
@@ -44,17 +49,49 @@ async def rollup_mismatches(conn: Conn, since: datetime | None = None) -> list[a
 
 async def demographic_mismatches(conn: Conn) -> dict[str, int]:
     """Rows of the demographics tables that disagree with the raw rows, by table (none,
-    unless something is broken): rollups against the users with one event, hour rows
-    against the users with more, and `repeat_user_copies` against their events (migration
-    0023: a pointer for each event its source's hour row does not name)."""
+    unless something is broken): rollups against the users without hour rows, hour rows
+    against the users with them, and `repeat_user_copies` against their events (migration
+    0023: a pointer for each event its source's hour row does not name).
+
+    Which users have hour rows depends on their history (migration 0026: a user gets them
+    when their events span two hours or pass `ONE_HOUR_LIMIT`, and keeps them while they
+    have two or more), so the split is read from `repeat_user_hours` and checked against
+    that rule: `hour_row_users` counts users with hour rows and fewer than two events,
+    `one_hour_users` users without them whose events span two hours or pass the limit."""
     columns = f"event_id, user_id, event_time, received_at, {DEMOGRAPHIC_COLUMNS}"
-    users = "SELECT source, user_id FROM events GROUP BY 1, 2 HAVING count(*)"
-    expected: dict[str, str] = {}
-    actual: dict[str, str] = {}
-    single = f"(SELECT * FROM events WHERE (source, user_id) IN ({users} = 1)) s"
-    # Each repeat user's latest event per track and hour, linked to their next hour.
     hour = "date_trunc('hour', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    repeat = f"SELECT * FROM events WHERE (source, user_id) IN ({users} > 1)"
+    several = (
+        "SELECT DISTINCT CASE track WHEN 'f' THEN 'facebook' ELSE 'tiktok' END, user_id"
+        " FROM repeat_user_hours WHERE track <> 'p'"
+    )
+    expected: dict[str, str] = {
+        "hour_row_users": (
+            f"SELECT source, user_id FROM events WHERE (source, user_id) IN ({several})"
+            " GROUP BY 1, 2 HAVING count(*) < 2"
+        ),
+        "one_hour_users": (
+            f"SELECT source, user_id FROM events WHERE (source, user_id) NOT IN ({several})"
+            f" GROUP BY 1, 2 HAVING count(*) > {ONE_HOUR_LIMIT}"
+            f" OR count(DISTINCT {hour}) > 1"
+        ),
+    }
+    actual: dict[str, str] = {
+        "hour_row_users": "SELECT NULL, NULL WHERE FALSE",
+        "one_hour_users": "SELECT NULL, NULL WHERE FALSE",
+    }
+    # A user without hour rows counts by their latest event (of their one hour); for device
+    # and country, a TikTok user by their latest top-funnel event.
+    one_hour = f"SELECT * FROM events WHERE (source, user_id) NOT IN ({several})"
+    latest = (
+        "(SELECT DISTINCT ON (source, user_id) * FROM ({events}) o{where}"
+        " ORDER BY source, user_id, event_time DESC, received_at DESC, event_id DESC) s"
+    )
+    keyed = latest.format(
+        events=one_hour, where=" WHERE source = 'facebook' OR funnel_stage = 'top'"
+    )
+    single = latest.format(events=one_hour, where="")
+    # Each repeat user's latest event per track and hour, linked to their next hour.
+    repeat = f"SELECT * FROM events WHERE (source, user_id) IN ({several})"
     tracked = (
         f"SELECT CASE source WHEN 'facebook' THEN 'f' ELSE 't' END AS track, {hour} AS hour,"
         f" {columns} FROM ({repeat}) r UNION ALL SELECT 'p', {hour}, {columns} FROM ({repeat}) r"
@@ -93,7 +130,7 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
         bucket = f"date_trunc('{grain}', event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         expected[f"demographic_rollup_{grain}"] = (
             f"SELECT {bucket}, source, k.dim, k.key1, k.key2, count(*)"
-            f" FROM {single} CROSS JOIN LATERAL {KEYS} GROUP BY 1, 2, 3, 4, 5"
+            f" FROM {keyed} CROSS JOIN LATERAL {KEYS} GROUP BY 1, 2, 3, 4, 5"
         )
         actual[f"demographic_rollup_{grain}"] = (
             "SELECT bucket, source, dim, key1, key2, sum(users)"
@@ -113,7 +150,7 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
         f" FROM ({hours}) h WHERE track <> 'p'"
     )
     expected["repeat_user_copies"] = (
-        f"SELECT {pointers} FROM events WHERE (source, user_id) IN ({users} > 1)"
+        f"SELECT {pointers} FROM events WHERE (source, user_id) IN ({several})"
         f" AND (source, user_id, event_id) NOT IN ({named})"
     )
     actual["repeat_user_copies"] = f"SELECT {pointers} FROM repeat_user_copies"

@@ -1,5 +1,5 @@
 """Demographics: distinct users by their latest event in a range, exact, from rollups,
-hour rows and the raw edges (migrations 0003, 0006, 0007, 0017)."""
+hour rows and the raw edges (migrations 0003, 0006, 0007, 0017, 0026)."""
 
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ LATEST_ORDER = 'ORDER BY user_id COLLATE "C", event_time DESC, received_at DESC,
 AGE_BUCKETS = ("0-12", "13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 FOLLOWER_BUCKETS = ("0-999", "1000-9999", "10000-99999", "100000-999999", "1000000+")
 KEYS = "adfunnel_demographic_keys(source, funnel_stage, age, gender, country, city, device) k"
+# The most events a user without hour rows has, all in one hour: migration 0026's
+# `adfunnel_one_hour_limit()`.
+ONE_HOUR_LIMIT = 8
 
 
-# Demographics: users with one event of their source come from the demographic rollups
-# (whole hours and days) and the raw rows at the edges (migration 0003); users with more
-# events from their hour rows' rollups and, at the edges, from their raw rows too
-# (migrations 0007, 0017). Each user is in exactly one of the parts, so the parts add up.
+# Demographics: users without hour rows (one event of their source, or up to
+# ONE_HOUR_LIMIT all in one hour) come from the demographic rollups (whole hours and days)
+# and the raw rows at the edges (migrations 0003, 0026); users with hour rows from their
+# rollups and, at the edges, from their raw rows too (migrations 0007, 0017). Each user is
+# in exactly one of the parts, so the parts add up.
 DEMOGRAPHIC_GRAINS = ("day", "hour")
 
 
@@ -89,9 +93,12 @@ def _single_user_parts(
     rollup_columns: str,
     raw_columns: str,
     source: str,
+    stage: str = "",
 ) -> tuple[list[str], str | None]:
-    """Users with one event, in range: rollup rows for whole buckets, and their rows of the
-    `edge` (None when the range has no ragged edge)."""
+    """Users without hour rows, in range: rollup rows for whole buckets, and at the `edge`
+    (None when the range has no ragged edge) each user's latest event there (`stage`: a
+    condition on its funnel stage). Their events all fall in one hour, so a user is either
+    in whole hours or at the edge."""
     plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
     parts = []
     for grain in DEMOGRAPHIC_GRAINS:
@@ -102,7 +109,8 @@ def _single_user_parts(
             parts.append(f"SELECT {rollup_columns} FROM {rollup}_{grain} WHERE {where}")
     if not plan["raw"]:
         return parts, None
-    return parts, f"SELECT {raw_columns} FROM edge WHERE NOT several"
+    latest = f"SELECT {LATEST_USER} * FROM edge WHERE NOT several{stage} {LATEST_ORDER}"
+    return parts, f"SELECT {raw_columns} FROM ({latest}) e"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +227,8 @@ async def demographic_counts(
         rollup_columns="dim, key1, key2, users",
         raw_columns=DEMOGRAPHIC_COLUMNS,
         source=source,
+        # A TikTok user's device and country are those of their latest top-funnel event.
+        stage=" AND funnel_stage = 'top'" if source == "tiktok" else "",
     )
     edge = _edge(filters, params, source)
     repeat = _repeat_user_parts(filters, params, source, "p" if source == "tiktok" else "f")
@@ -314,6 +324,7 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
     if filters.end is not None:
         in_hours.append(f"{hour} <= {_utc_hour(params.add(filters.end) + '::timestamptz')}")
     in_range = " AND ".join(["TRUE", *in_hours, *range_conditions(filters, params)])
+    later = " AND ".join(["TRUE", *range_conditions(filters, params, "l.event_time")])
     return (
         f"WITH {''.join(cte + ', ' for cte in ctes)}"
         f"repeat AS MATERIALIZED ({signed}),"
@@ -333,9 +344,19 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
         " FROM hist"
         " UNION ALL SELECT 'value', w.bin, NULL, 1, e.followers FROM wanted w"
         " CROSS JOIN LATERAL"
-        " (SELECT user_id, followers FROM events WHERE source = 'tiktok'"
+        " (SELECT * FROM (SELECT event_id, user_id, event_time, received_at, followers"
+        " FROM events WHERE source = 'tiktok'"
         f" AND followers >= w.bin AND followers < w.bin_end AND {in_range} OFFSET 0) e"
-        f" WHERE NOT {_several('tiktok')}"
+        f" WHERE NOT {_several('tiktok')} OFFSET 0) e"
+        # A user without hour rows counts by their latest event in range (their events all
+        # fall in one hour): at most ONE_HOUR_LIMIT events read through the user index. The
+        # OFFSET above keeps this after the test for hour rows, never for a hot user; the
+        # inner one keeps the index on the source out of it, which the planner would AND
+        # with the user index, reading every TikTok event for each user.
+        " WHERE NOT EXISTS (SELECT 1 FROM (SELECT * FROM events l WHERE l.user_id = e.user_id"
+        f" OFFSET 0) l WHERE l.source = 'tiktok' AND {later}"
+        " AND (l.event_time, l.received_at, l.event_id)"
+        " > (e.event_time, e.received_at, e.event_id) OFFSET 0)"
         " UNION ALL SELECT 'value', w.bin, NULL, r.sign, r.followers FROM wanted w"
         f" JOIN repeat r ON r.followers >= w.bin AND r.followers < w.bin_end{interior_values}"
     )

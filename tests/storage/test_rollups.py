@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from adfunnel import storage
 from adfunnel.schema import event_row, parse_timestamp
 from adfunnel.storage import GRAINS, StagedEvent, plan_segments
+from adfunnel.storage._demographics import ONE_HOUR_LIMIT
 from adfunnel.storage._filters import floor_to
 from adfunnel.tools.generator import Generator
 
@@ -87,20 +88,26 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
     ]
     # Repeat users: a fifth of the events reuse (and update) the user of an earlier event of
     # the same source, so users move between the single-event and repeat parts; or half of
-    # them come from three users per source. Half of the returning events fall in the same
-    # hour as the event they return to: an hour row names one event of its hour, and the
-    # others are found through pointers (migration 0023).
+    # them come from three users per source. A returning user's events fall in one hour (they
+    # stay single users, migration 0026), or in two: then an hour row names one event of its
+    # hour, and the others are found through pointers (migration 0023). A few users pass the
+    # limit of events in one hour.
     others = {"new users": 0, "returning users": 800, "hot users": 0}[mix]
     for number, event in enumerate(rng.sample(events, others)):
         make = generator.facebook if event["source"] == "facebook" else generator.tiktok
-        if number % 2:
-            hour = parse_timestamp(event["timestamp"]).replace(minute=0, second=0, microsecond=0)
-            at = hour + timedelta(seconds=rng.randrange(3_600))
-        else:
-            at = BASE + timedelta(seconds=rng.randrange(3 * 86_400))
-        other = make(None, at)
-        other["data"]["user"]["userId"] = event["data"]["user"]["userId"]
-        events.append(other)
+        hour = parse_timestamp(event["timestamp"]).replace(minute=0, second=0, microsecond=0)
+        times = {
+            0: [BASE + timedelta(seconds=rng.randrange(3 * 86_400))],
+            1: [hour + timedelta(seconds=rng.randrange(3_600))],
+            2: [hour + timedelta(seconds=rng.randrange(3_600)) for _ in range(2)]
+            + [BASE + timedelta(seconds=rng.randrange(3 * 86_400))],
+        }[number % 3]
+        if number % 100 == 1:
+            times += [hour + timedelta(seconds=rng.randrange(3_600)) for _ in range(ONE_HOUR_LIMIT)]
+        for at in times:
+            other = make(None, at)
+            other["data"]["user"]["userId"] = event["data"]["user"]["userId"]
+            events.append(other)
     if mix == "hot users":
         for event in events[:2_000]:
             event["data"]["user"]["userId"] = f"hot-{event['source']}-{rng.randrange(3)}"
@@ -134,8 +141,16 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
         if mix == "new users":
             assert repeat < 20  # only re-sends with other content bring a user back
         elif mix == "returning users":
-            assert repeat > 300  # the test exercises both parts
-            assert copies > 100  # and hours holding more than one event of a user
+            # The test exercises every part: users with hour rows, users with several events
+            # in one hour and none, and hours holding more than one event of a user.
+            one_hour = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT user_id FROM events GROUP BY user_id"
+                " HAVING count(*) > 1) u WHERE user_id NOT IN"
+                " (SELECT user_id FROM repeat_user_hours)"
+            )
+            assert repeat > 300
+            assert one_hour > 150
+            assert copies > 100
         else:
             # The hot users' 2,000 events, but the latest of each of their ~430 hours.
             assert copies > 1_200
@@ -336,7 +351,9 @@ async def test_hour_rows_a_batch_rewrites_are_read_once_whatever_the_statistics(
             await storage.migrate(conn)
             await conn.execute("ALTER TABLE repeat_user_hours SET (autovacuum_enabled = off)")
             tables = ("repeat_user_hours",)
-            for number in range(3):
+            # Five batches: a hot user's first few events, all in this hour, need no hour
+            # rows (migration 0026); by the fourth batch nearly every hot user has them.
+            for number in range(5):
                 made = [generator.event() for _ in range(8_000)]
                 before = await _tuples_read(conn, tables)
                 async with conn.transaction():
@@ -359,8 +376,8 @@ async def test_hour_rows_a_batch_rewrites_are_read_once_whatever_the_statistics(
 
 @pytest.mark.integration
 async def test_only_users_with_stored_hours_look_for_them(database: str) -> None:
-    """SPEC §8: hour rows exist once a user has two events stored, so a batch probes them
-    for those users only, not for users it meets first or moves over from one event."""
+    """SPEC §8: hour rows exist once a user has events stored in two hours, so a batch
+    probes them for those users only, not for users it meets first or moves over."""
     generator = Generator(seed=31)
 
     def event(user: str, minute: int) -> dict[str, object]:
@@ -509,7 +526,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == list(range(17, 26))
+            assert await storage.migrate(conn) == list(range(17, 27))
             # 0017 made a pointer of every copy; 0023 dropped those of the events hour rows
             # name: one per hour row of the source tracks.
             named = await conn.fetchval("SELECT count(*) FROM repeat_user_hours WHERE track <> 'p'")
@@ -532,5 +549,131 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
             assert await storage.demographic_mismatches(conn) == {}
             assert await storage.rollup_mismatches(conn) == []
             await same_demographics(conn, rng)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.integration
+async def test_users_with_events_in_one_hour_count_as_single_users(database: str) -> None:
+    """Migration 0026: a user whose events all fall in one hour, at most ONE_HOUR_LIMIT of
+    them, has no hour rows and counts by their latest events of that hour, exactly, at whole
+    hours and at ragged edges; past the limit, or in a second hour, they get hour rows; a
+    removal counts them by what is left."""
+    generator = Generator(seed=41)
+    hour = BASE + timedelta(hours=5)
+    received = BASE + timedelta(days=3)
+
+    def event(
+        source: str, user: str, second: int, kind: str | None = None, followers: int = 0
+    ) -> dict[str, object]:
+        make = generator.facebook if source == "facebook" else generator.tiktok
+        made = make(kind, hour + timedelta(seconds=second))
+        made["data"]["user"]["userId"] = user
+        if followers:
+            made["data"]["user"]["followers"] = followers
+        return made
+
+    pool = await storage.create_pool(database, size=1)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            written = 0
+
+            async def write(batch: list[dict[str, object]]) -> None:
+                nonlocal written
+                async with conn.transaction():
+                    await storage.insert_events(
+                        conn, [staged(e, received, written + i) for i, e in enumerate(batch)]
+                    )
+                written += len(batch)
+
+            async def with_hour_rows() -> set[str]:
+                rows = await conn.fetch("SELECT DISTINCT user_id FROM repeat_user_hours")
+                return {row["user_id"] for row in rows}
+
+            async def exact() -> None:
+                assert await storage.demographic_mismatches(conn) == {}
+                for start, end in (
+                    (hour, hour + timedelta(hours=1)),
+                    (hour - timedelta(hours=2), hour + timedelta(days=1)),
+                    (hour + timedelta(minutes=10), hour + timedelta(minutes=50)),
+                    (hour + timedelta(minutes=20), hour + timedelta(hours=3)),
+                    (hour - timedelta(hours=1), hour + timedelta(minutes=40)),
+                ):
+                    filters = storage.EventFilters(start, end)
+                    for source in ("facebook", "tiktok"):
+                        fast = await storage.demographic_counts(conn, filters, source)
+                        naive = await storage.naive_demographic_counts(conn, filters, source)
+                        assert sorted(map(tuple, fast), key=repr) == sorted(
+                            map(tuple, naive), key=repr
+                        ), (start, end, source)
+                    followers = await storage.follower_stats(conn, filters)
+                    assert followers == await storage.naive_follower_stats(conn, filters)
+
+            limit = ONE_HOUR_LIMIT
+            # Up to the limit, over three batches and inside one: no hour rows. A TikTok
+            # user's latest event is not top-funnel, so their device and country come from
+            # an earlier one; their follower counts cross bins, in both directions.
+            await write(
+                [event("facebook", "fb-full", 60 * m) for m in range(limit - 3)]
+                + [event("tiktok", "tt-same-bin", 200, followers=5_000)]
+            )
+            await write(
+                [event("facebook", "fb-full", 60 * m + 30) for m in range(2)]
+                + [event("facebook", "fb-two", s) for s in (100, 2_000)]
+                + [event("tiktok", "tt-mixed", 600, "video.view", 150)]
+                + [event("tiktok", "tt-lower", 900, followers=90_000)]
+                # The maximum's bin is read value by value: only the later of the two counts.
+                + [event("tiktok", "tt-same-bin", 1_000, followers=5_050)]
+            )
+            await write(
+                [
+                    event("facebook", "fb-full", 3_000),
+                    event("tiktok", "tt-mixed", 2_400, "purchase", 7),
+                    event("tiktok", "tt-lower", 3_500, followers=12),
+                    event("facebook", "fb-late", 3_590),
+                ]
+            )
+            assert await with_hour_rows() == set()
+            await exact()
+            # Past the limit, or into the next hour: hour rows, with every event of theirs.
+            await write(
+                [
+                    event("facebook", "fb-full", 3_100),
+                    event("facebook", "fb-two", 3_700),
+                    event("tiktok", "tt-lower", 3_550, followers=40),
+                ]
+            )
+            assert await with_hour_rows() == {"fb-full", "fb-two"}
+            await exact()
+            # Removals and replacements of users without hour rows: counted by what is left.
+            await conn.execute(
+                "DELETE FROM events WHERE event_id = (SELECT event_id FROM events"
+                " WHERE user_id = 'tt-mixed' ORDER BY event_time DESC LIMIT 1)"
+            )
+            await exact()
+            replaced = event("tiktok", "tt-lower", 3_599, followers=500_000)
+            replaced["eventId"] = await conn.fetchval(
+                "SELECT event_id FROM events WHERE user_id = 'tt-lower' ORDER BY event_time LIMIT 1"
+            )
+            async with conn.transaction():
+                await storage.insert_events(conn, [staged(replaced, BASE, written)])
+            assert await with_hour_rows() == {"fb-full", "fb-two"}
+            await exact()
+            await conn.execute("DELETE FROM events WHERE user_id IN ('fb-late', 'tt-mixed')")
+            await exact()
+    finally:
+        await pool.close()
+
+
+@pytest.mark.integration
+async def test_the_reader_knows_the_writers_limit_of_events_in_one_hour(database: str) -> None:
+    """The reports' exact follower values rely on how many events a user without hour rows
+    can have; the migration defines it."""
+    pool = await storage.create_pool(database, size=1)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            assert await conn.fetchval("SELECT adfunnel_one_hour_limit()") == ONE_HOUR_LIMIT
     finally:
         await pool.close()
