@@ -236,8 +236,17 @@ def assert_kept(outcome: Outcome, *, gateway_died: bool = False) -> None:
 
 
 def actor_call(method: Any) -> Any:
-    """Call an actor method and wait for its answer (Ray's stubs type this poorly)."""
-    return ray.get(method.remote(), timeout=30)
+    """Call an actor method and wait for its answer (Ray's stubs type this poorly). An
+    actor Ray is still restarting after an earlier kill is asked again until it answers:
+    on a busy machine the next round of a test can reach it first."""
+
+    def answer() -> tuple[Any] | None:
+        try:
+            return (ray.get(method.remote(), timeout=30),)
+        except ray.exceptions.ActorUnavailableError:
+            return None
+
+    return wait_until(answer, timeout=120, interval=1, what=f"an answer from {method}")[0]
 
 
 def ready(base_url: str) -> bool:
