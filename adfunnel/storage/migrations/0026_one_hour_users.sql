@@ -34,20 +34,22 @@ LANGUAGE sql IMMUTABLE AS 'SELECT 8';
 -- event, with a TikTok user's funnel stage, country and device from their latest top-funnel
 -- event when they have one (SPEC §4). Window functions, not a join of the two latest events:
 -- the planner cannot estimate a filtered common table expression, and it chose a merge join
--- on the sign alone, comparing every pair of users (1.2 million pairs for 4,280 rows).
+-- on the sign alone, comparing every pair of users (1.2 million pairs for 4,280 rows). The
+-- sorts lead with the user: led by the sign or the source (two values each), nearly every
+-- comparison would be decided by a later key, read again from the middle of the row.
 CREATE FUNCTION adfunnel_one_hour_latest(rel text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 SELECT format(
-    'SELECT * FROM (SELECT DISTINCT ON (sign, source, user_id) event_id, source, user_id,'
+    'SELECT * FROM (SELECT DISTINCT ON (user_id, source, sign) event_id, source, user_id,'
     '  event_time, received_at, CASE WHEN top THEN ''top'' ELSE funnel_stage END AS funnel_stage,'
     '  age, gender, CASE WHEN top THEN top_country ELSE country END AS country, city,'
     '  followers, CASE WHEN top THEN top_device ELSE device END AS device, sign'
     ' FROM (SELECT *, source = ''tiktok'' AND first_value(funnel_stage) OVER tops = ''top'''
     '  AS top, first_value(country) OVER tops AS top_country,'
     '  first_value(device) OVER tops AS top_device FROM %1$s'
-    '  WINDOW tops AS (PARTITION BY sign, source, user_id ORDER BY funnel_stage = ''top'' DESC,'
+    '  WINDOW tops AS (PARTITION BY user_id, source, sign ORDER BY funnel_stage = ''top'' DESC,'
     '  event_time DESC, received_at DESC, event_id DESC)) x'
-    ' ORDER BY sign, source, user_id, event_time DESC, received_at DESC, event_id DESC) l',
+    ' ORDER BY user_id, source, sign, event_time DESC, received_at DESC, event_id DESC) l',
     rel)
 $$;
 
@@ -70,26 +72,28 @@ DROP FUNCTION adfunnel_count_added(text, boolean);
 CREATE FUNCTION adfunnel_count_added(rel text, others boolean) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
 SELECT format(
-    'WITH batch AS (SELECT source, user_id, count(*) AS n,'
-    '  min(%4$s) AS first_hour, max(%4$s) AS last_hour FROM %1$s GROUP BY 1, 2),'
+    'WITH batch AS (SELECT source, user_id, count(*) AS n, min(event_time) AS first_time,'
+    '  max(event_time) AS last_time FROM %1$s GROUP BY 1, 2),'
     ' own AS MATERIALIZED %2$s,'
-    ' probed AS (SELECT b.*, p.before, p.hour FROM batch b'
-    '  CROSS JOIN LATERAL (SELECT count(*) AS before, min(%4$s) AS hour FROM'
+    ' probed AS (SELECT b.*, p.before, p.stored_time FROM batch b'
+    '  CROSS JOIN LATERAL (SELECT count(*) AS before, min(x.event_time) AS stored_time FROM'
     '   (SELECT e.event_time FROM events e WHERE e.user_id = b.user_id'
     '    AND e.source = b.source AND e.event_id NOT IN (SELECT event_id FROM %1$s)%3$s'
     '    LIMIT 2) x) p),'
     ' counted AS (SELECT p.*, CASE WHEN p.before < 2 THEN p.before'
     '  WHEN EXISTS (SELECT 1 FROM repeat_user_hours h WHERE h.user_id = p.user_id'
     '   AND h.track = CASE p.source WHEN ''facebook'' THEN ''f'' ELSE ''t'' END) THEN NULL'
-    '  ELSE (SELECT count(*) FROM %5$s x) END AS stored'
+    '  ELSE (SELECT count(*) FROM %6$s x) END AS stored'
     '  FROM probed p WHERE p.before + p.n >= 2)'
     ' SELECT array_agg(source), array_agg(user_id), array_agg(coalesce(stored, 2)),'
     '  array_agg(CASE WHEN stored IS NULL THEN ''h'''
-    '  WHEN stored + n > %6$s OR least(hour, first_hour) <> greatest(hour, last_hour)'
+    '  WHEN stored + n > %7$s OR %4$s <> %5$s'
     '  THEN ''m'' ELSE ''s'' END)'
     ' FROM counted',
     rel, adfunnel_written_by(rel), adfunnel_not_own(others),
-    'date_trunc(''hour'', event_time AT TIME ZONE ''UTC'')',
+    -- Hours of the earliest and latest events, stored or new: truncated once per user.
+    'date_trunc(''hour'', least(stored_time, first_time) AT TIME ZONE ''UTC'')',
+    'date_trunc(''hour'', greatest(stored_time, last_time) AT TIME ZONE ''UTC'')',
     adfunnel_stored_events('p', rel, others), adfunnel_one_hour_limit())
 $$;
 
