@@ -52,9 +52,10 @@ DEMOGRAPHIC_GRAINS = ("day", "hour")
 
 
 def _several(source: str, alias: str = "e") -> str:
-    """Whether the user of event `alias` has several events of `source`: they then have hour
-    rows of the source's own track. A probe of their primary key per event (OFFSET 0 keeps
-    the subquery correlated): as an anti-join the planner would hash every hour row."""
+    """Whether the user of event `alias` has hour rows of `source`'s own track (migration
+    0026: their events span two hours or pass ONE_HOUR_LIMIT). A probe of their primary key
+    per event (OFFSET 0 keeps the subquery correlated): as an anti-join the planner would
+    hash every hour row."""
     track = "f" if source == "facebook" else "t"
     return (
         f"EXISTS (SELECT 1 FROM repeat_user_hours h WHERE h.track = '{track}'"
@@ -69,8 +70,8 @@ DEMOGRAPHIC_COLUMNS = "source, funnel_stage, age, gender, country, city, followe
 def _edge(filters: EventFilters, params: Params, source: str) -> str | None:
     """The common table expression `edge`: the events of `source` in the range's ragged
     edges (what whole hours leave at either end, or all of a range without a whole hour),
-    each marked with whether its user has `several` events. Both parts of the users read it,
-    so the edges are scanned and probed once. None when the range has no ragged edge."""
+    each marked with whether its user has hour rows (`several`). Both parts of the users read
+    it, so the edges are scanned and probed once. None when the range has no ragged edge."""
     plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
     if not plan["raw"]:
         return None
@@ -115,7 +116,7 @@ def _single_user_parts(
 
 @dataclass(frozen=True, slots=True)
 class _RepeatParts:
-    """Users with several events of a source, in range (migration 0007), under the common
+    """Users with hour rows of a source, in range (migration 0007), under the common
     table expressions `ctes`: `rollup` selects the rows of the repeat rollups to add up and
     `last_hours` the hour rows those rollup rows count (both None when the
     range holds no whole hour); `people` are signed attribute rows (`DEMOGRAPHIC_COLUMNS`,
