@@ -72,6 +72,22 @@ def staged(payload: dict[str, object], received: datetime, seq: int) -> StagedEv
     return StagedEvent(event_row(payload), orjson.dumps(payload).decode(), "c", received, seq)
 
 
+class _Writer:
+    """Stores batches of payloads on `conn`, a transaction each, received at `received`,
+    numbering their messages on from one batch to the next."""
+
+    def __init__(self, conn: storage.Conn, received: datetime) -> None:
+        self.conn, self.received, self.written = conn, received, 0
+
+    async def __call__(self, batch: list[dict[str, object]]) -> None:
+        async with self.conn.transaction():
+            await storage.insert_events(
+                self.conn,
+                [staged(e, self.received, self.written + i) for i, e in enumerate(batch)],
+            )
+        self.written += len(batch)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("mix", ["new users", "returning users", "hot users"])
 async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
@@ -389,15 +405,7 @@ async def test_only_users_with_stored_hours_look_for_them(database: str) -> None
     try:
         async with pool.acquire() as conn:
             await storage.migrate(conn)
-            written = 0
-
-            async def write(batch: list[dict[str, object]]) -> None:
-                nonlocal written
-                async with conn.transaction():
-                    await storage.insert_events(
-                        conn, [staged(e, BASE, written + i) for i, e in enumerate(batch)]
-                    )
-                written += len(batch)
+            write = _Writer(conn, BASE)
 
             async def probes() -> int:
                 await _flush_statistics(conn)
@@ -577,15 +585,7 @@ async def test_users_with_events_in_one_hour_count_as_single_users(database: str
     try:
         async with pool.acquire() as conn:
             await storage.migrate(conn)
-            written = 0
-
-            async def write(batch: list[dict[str, object]]) -> None:
-                nonlocal written
-                async with conn.transaction():
-                    await storage.insert_events(
-                        conn, [staged(e, received, written + i) for i, e in enumerate(batch)]
-                    )
-                written += len(batch)
+            write = _Writer(conn, received)
 
             async def with_hour_rows() -> set[str]:
                 rows = await conn.fetch("SELECT DISTINCT user_id FROM repeat_user_hours")
@@ -657,7 +657,7 @@ async def test_users_with_events_in_one_hour_count_as_single_users(database: str
                 "SELECT event_id FROM events WHERE user_id = 'tt-lower' ORDER BY event_time LIMIT 1"
             )
             async with conn.transaction():
-                await storage.insert_events(conn, [staged(replaced, BASE, written)])
+                await storage.insert_events(conn, [staged(replaced, BASE, write.written)])
             assert await with_hour_rows() == {"fb-full", "fb-two"}
             await exact()
             await conn.execute("DELETE FROM events WHERE user_id IN ('fb-late', 'tt-mixed')")
