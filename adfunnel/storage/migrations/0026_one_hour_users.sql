@@ -270,6 +270,7 @@ DECLARE
     before bigint[];
     after bigint[];
     states text[];
+    kept text;
 BEGIN
     -- One writer per source at a time from here to commit, in source order (a retention
     -- batch holds both sources' events).
@@ -283,18 +284,13 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('adfunnel demographics ' || s))
     FROM unnest(sources) AS s ORDER BY s;
-    IF TG_OP = 'DELETE' THEN
-        EXECUTE adfunnel_count_removed('old_rows', 'old_rows', false)
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        -- A replacement's new rows (UPDATE) are counted by the adding steps below.
+        kept := CASE TG_OP WHEN 'UPDATE' THEN 'new_rows' ELSE 'old_rows' END;
+        EXECUTE adfunnel_count_removed('old_rows', kept, TG_OP = 'UPDATE')
         INTO sources, users, before, after;
         IF sources IS NOT NULL THEN
-            EXECUTE adfunnel_apply_removed('old_rows', 'old_rows', false)
-            USING sources, users, before, after;
-        END IF;
-    ELSIF TG_OP = 'UPDATE' THEN
-        EXECUTE adfunnel_count_removed('old_rows', 'new_rows', true)
-        INTO sources, users, before, after;
-        IF sources IS NOT NULL THEN
-            EXECUTE adfunnel_apply_removed('old_rows', 'new_rows', true)
+            EXECUTE adfunnel_apply_removed('old_rows', kept, TG_OP = 'UPDATE')
             USING sources, users, before, after;
         END IF;
     END IF;
