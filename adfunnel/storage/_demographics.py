@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, TypeVar
@@ -17,6 +18,7 @@ from adfunnel.storage._filters import (
     STEP,
     EventFilters,
     Params,
+    Segment,
     ceil_to,
     floor_to,
     plan_segments,
@@ -51,14 +53,18 @@ ONE_HOUR_LIMIT = 8
 DEMOGRAPHIC_GRAINS = ("day", "hour")
 
 
+def _track(source: str) -> str:
+    """The hour rows' track of all of `source`'s events (migration 0007)."""
+    return "f" if source == "facebook" else "t"
+
+
 def _several(source: str, alias: str = "e") -> str:
     """Whether the user of event `alias` has hour rows of `source`'s own track (migration
     0026: their events span two hours or pass ONE_HOUR_LIMIT). A probe of their primary key
     per event (OFFSET 0 keeps the subquery correlated): as an anti-join the planner would
     hash every hour row."""
-    track = "f" if source == "facebook" else "t"
     return (
-        f"EXISTS (SELECT 1 FROM repeat_user_hours h WHERE h.track = '{track}'"
+        f"EXISTS (SELECT 1 FROM repeat_user_hours h WHERE h.track = '{_track(source)}'"
         f" AND h.user_id = {alias}.user_id OFFSET 0)"
     )
 
@@ -67,22 +73,41 @@ def _several(source: str, alias: str = "e") -> str:
 DEMOGRAPHIC_COLUMNS = "source, funnel_stage, age, gender, country, city, followers, device"
 
 
+def _edge_hours(segments: list[Segment]) -> list[datetime]:
+    """The hours the raw segments fall in (a segment lies in at most two: migration 0027)."""
+    hours = set()
+    for lo, hi in segments:
+        assert lo is not None and hi is not None  # raw segments are bounded (plan_segments)
+        hour = floor_to(lo, "hour")
+        while hour < hi:
+            hours.add(hour)
+            hour += STEP["hour"]
+    return sorted(hours)
+
+
 def _edge(filters: EventFilters, params: Params, source: str) -> str | None:
     """The common table expression `edge`: the events of `source` in the range's ragged
     edges (what whole hours leave at either end, or all of a range without a whole hour),
     each marked with whether its user has hour rows (`several`). Both parts of the users read
-    it, so the edges are scanned and probed once. None when the range has no ragged edge."""
+    it, so the edges are scanned and tested once. None when the range has no ragged edge."""
     plan = plan_segments(filters.start, filters.end, DEMOGRAPHIC_GRAINS)
     if not plan["raw"]:
         return None
-    # Found by time alone (OFFSET 0 keeps the source test out of the index scan): ANDed
-    # with an index on the source, the planner would read a bitmap of every event of that
-    # source first.
+    # A user with hour rows has one for each hour they were active in, so the users with
+    # hour rows at the edge are those of the edge's hours: one range of the hour index,
+    # hashed once, instead of a probe of the key per event (migration 0027).
+    hours = ", ".join(params.add(hour) for hour in _edge_hours(plan["raw"]))
+    several = (
+        "e.user_id IN (SELECT h.user_id FROM repeat_user_hours h"
+        f" WHERE h.track = '{_track(source)}' AND h.hour IN ({hours}))"
+    )
+    # The time index's second column is the source (migration 0027): each source's rows
+    # only, found in the index.
     where = segment_condition("event_time", plan["raw"], params)
     return (
-        f"edge AS MATERIALIZED (SELECT e.*, {_several(source)} AS several FROM"
-        f" (SELECT event_id, user_id, event_time, received_at, {DEMOGRAPHIC_COLUMNS}"
-        f" FROM events WHERE {where} OFFSET 0) e WHERE e.source = {params.add(source)})"
+        f"edge AS MATERIALIZED (SELECT event_id, user_id, event_time, received_at,"
+        f" {DEMOGRAPHIC_COLUMNS}, {several} AS several FROM events e"
+        f" WHERE {where} AND source = {params.add(source)})"
     )
 
 

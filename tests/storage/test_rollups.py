@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from adfunnel import storage
 from adfunnel.schema import event_row, parse_timestamp
 from adfunnel.storage import GRAINS, StagedEvent, plan_segments
-from adfunnel.storage._demographics import ONE_HOUR_LIMIT
+from adfunnel.storage._demographics import ONE_HOUR_LIMIT, _edge_hours
 from adfunnel.storage._filters import floor_to
 from adfunnel.tools.generator import Generator
 
@@ -59,6 +59,25 @@ def test_the_plan_covers_the_range_exactly_once(
     assert all(lo is not None and hi is not None for lo, hi in raw)
     assert sum((hi - lo for lo, hi in raw if lo and hi), timedelta()) < timedelta(minutes=2)
     assert set(plan) == {*grains, "raw"}
+
+
+@given(start=moments, length=st.integers(1, 3 * 86_400), probes=st.lists(st.floats(0, 0.999)))
+def test_the_edge_hours_are_the_hours_of_the_raw_rows(
+    start: datetime, length: int, probes: list[float]
+) -> None:
+    """The reader tests the users at a ragged edge against the hour rows of these hours
+    (migration 0027): every raw moment's hour is one of them, and each of them holds one."""
+    raw = plan_segments(start, start + timedelta(seconds=length), ("day", "hour"))["raw"]
+    bounded = [(lo, hi) for lo, hi in raw if lo is not None and hi is not None]
+    assert len(bounded) == len(raw)
+    hours = _edge_hours(raw)
+    for lo, hi in bounded:
+        for probe in (lo, hi - timedelta(microseconds=1), *(lo + (hi - lo) * p for p in probes)):
+            assert floor_to(probe, "hour") in hours
+    assert all(
+        any(lo < hour + timedelta(hours=1) and hour < hi for lo, hi in bounded) for hour in hours
+    )
+    assert hours == sorted(set(hours))
 
 
 def test_no_bounds_read_only_the_coarsest_rollup() -> None:
@@ -534,7 +553,7 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == list(range(17, 27))
+            assert await storage.migrate(conn) == list(range(17, 28))
             # 0017 made a pointer of every copy; 0023 dropped those of the events hour rows
             # name: one per hour row of the source tracks.
             named = await conn.fetchval("SELECT count(*) FROM repeat_user_hours WHERE track <> 'p'")
