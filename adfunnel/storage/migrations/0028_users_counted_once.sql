@@ -3,7 +3,7 @@
 -- The final SELECT reads a user's `stored` three times, and `counted` was inlined into it:
 -- the planner copied the CASE into each use, so a user with two earlier events was probed
 -- for hour rows two or three times and a user without them had their earlier events read
--- three times (auto_explain of a 600-hot-user batch: 1,171 users, 2,342 probes of the
+-- three times (auto_explain of a 600-hot-user batch: 1,171 users, 2,356 probes of the
 -- hour rows' key). Materialized, `counted` evaluates it once per user. Its estimate then
 -- made the planner hash every hour row for the test instead of probing each user's key:
 -- OFFSET 0 keeps the probe correlated, as in the reports (`_several`).
