@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,11 +37,33 @@ DATABASE = "adfunnel"  # the project's database on the embedded server
 _PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver's convention
 
 
+# Ray's workers take ports 10002-19999 by default; ports from the kernel's ephemeral range can be
+# taken by any outgoing connection or port-0 bind between the check and the server's own bind
+# (a Serve proxy lost its port that way to a Ray started after the check).
+_QUIET_PORTS_FROM = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range."""
+    quiet_to = _ephemeral_low() - 1
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(_QUIET_PORTS_FROM, quiet_to) if quiet_to >= _QUIET_PORTS_FROM else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((_HOST, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise EmbeddedServerError("no free TCP port on 127.0.0.1 after 200 tries")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0  # not Linux: only the kernel knows a free port, so ask it
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
