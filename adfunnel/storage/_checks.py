@@ -50,8 +50,8 @@ async def rollup_mismatches(conn: Conn, since: datetime | None = None) -> list[a
 async def demographic_mismatches(conn: Conn) -> dict[str, int]:
     """Rows of the demographics tables that disagree with the raw rows, by table (none,
     unless something is broken): rollups against the users without hour rows, hour rows
-    against the users with them, and `repeat_user_copies` against their events (migration
-    0023: a pointer for each event its source's hour row does not name).
+    against the users with them, and `repeat_user_pointers` against their events (migrations
+    0023, 0029: a pointer for each event its source's hour row does not name).
 
     Which users have hour rows depends on their history (migration 0026: a user gets them
     when their events span two hours or pass `ONE_HOUR_LIMIT`, and keeps them while they
@@ -144,16 +144,17 @@ async def demographic_mismatches(conn: Conn) -> dict[str, int]:
             f"SELECT bucket, bin, sum(users), sum(followers) FROM follower_rollup_{grain}"
             " GROUP BY 1, 2 HAVING sum(users) <> 0 OR sum(followers) <> 0"
         )
-    pointers = "source, user_id, event_time, event_key"
     named = (
         "SELECT CASE track WHEN 'f' THEN 'facebook' ELSE 'tiktok' END, user_id, event_id"
         f" FROM ({hours}) h WHERE track <> 'p'"
     )
-    expected["repeat_user_copies"] = (
-        f"SELECT {pointers} FROM events WHERE (source, user_id) IN ({several})"
-        f" AND (source, user_id, event_id) NOT IN ({named})"
+    expected["repeat_user_pointers"] = (
+        "SELECT hashtext(user_id), adfunnel_hour_number(event_time), event_key FROM events"
+        f" WHERE (source, user_id) IN ({several}) AND (source, user_id, event_id) NOT IN ({named})"
     )
-    actual["repeat_user_copies"] = f"SELECT {pointers} FROM repeat_user_copies"
+    actual["repeat_user_pointers"] = (
+        "SELECT user_hash, hour_number, event_key FROM repeat_user_pointers"
+    )
     mismatches = {}
     for table, query in expected.items():
         differing = await conn.fetchval(

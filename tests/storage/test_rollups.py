@@ -172,7 +172,7 @@ async def test_rollups_agree_with_raw_rows_under_concurrent_writers(
         assert await storage.rollup_mismatches(conn) == []
         assert await storage.demographic_mismatches(conn) == {}
         repeat = await conn.fetchval("SELECT count(DISTINCT user_id) FROM repeat_user_hours")
-        copies = await conn.fetchval("SELECT count(*) FROM repeat_user_copies")
+        copies = await conn.fetchval("SELECT count(*) FROM repeat_user_pointers")
         if mix == "new users":
             assert repeat < 20  # only re-sends with other content bring a user back
         elif mix == "returning users":
@@ -324,7 +324,7 @@ async def test_a_batch_of_a_user_with_100000_events_reads_none_of_them(database:
                 "SELECT count(*) FROM events WHERE user_id = ANY($1)", [hot_fb, hot_tt]
             )
             assert stored == 100_000
-            tables = ("events", "repeat_user_copies", "repeat_user_hours")
+            tables = ("events", "repeat_user_pointers", "repeat_user_hours")
             before = await _tuples_read(conn, tables)
             async with conn.transaction():
                 await storage.insert_events(
@@ -553,11 +553,11 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
                     )
             copied = await conn.fetchval("SELECT count(*) FROM repeat_user_events")
             assert copied > 200  # both parts are exercised
-            assert await storage.migrate(conn) == list(range(17, 29))
+            assert await storage.migrate(conn) == list(range(17, 30))
             # 0017 made a pointer of every copy; 0023 dropped those of the events hour rows
             # name: one per hour row of the source tracks.
             named = await conn.fetchval("SELECT count(*) FROM repeat_user_hours WHERE track <> 'p'")
-            pointers = await conn.fetchval("SELECT count(*) FROM repeat_user_copies")
+            pointers = await conn.fetchval("SELECT count(*) FROM repeat_user_pointers")
             assert named > 0
             assert pointers == copied - named
             assert await storage.demographic_mismatches(conn) == {}
@@ -575,6 +575,61 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
             )
             assert await storage.demographic_mismatches(conn) == {}
             assert await storage.rollup_mismatches(conn) == []
+            await same_demographics(conn, rng)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.integration
+async def test_users_sharing_a_pointer_range_keep_their_own_events(database: str) -> None:
+    """Pointers are keyed by the user id's hash (migration 0029), so two users whose ids
+    share it, and a Facebook and a TikTok user with the same id, share ranges of pointers.
+    A struck hour's recount and a user going back to one event take none of the others'."""
+    pair = ("user-232392", "user-123126")
+    generator = Generator(seed=13)
+    rng = random.Random(13)
+    events = []
+    for user in pair:
+        for make in (generator.facebook, generator.tiktok):
+            for hour in range(3):
+                for _ in range(4):
+                    made = make(None, BASE + timedelta(hours=hour, seconds=rng.randrange(3_600)))
+                    made["data"]["user"]["userId"] = user
+                    events.append(made)
+    rng.shuffle(events)
+    pool = await storage.create_pool(database, size=1)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            assert await conn.fetchval("SELECT hashtext($1) = hashtext($2)", *pair)
+            write = _Writer(conn, BASE + timedelta(days=1))
+            for start in range(0, len(events), 16):
+                await write(events[start : start + 16])
+            shared = await conn.fetchval(
+                "SELECT count(*) FROM repeat_user_pointers WHERE user_hash = hashtext($1)", pair[0]
+            )
+            assert shared == len(events) - 4 * 3  # all but the latest of each user-hour
+            assert await storage.demographic_mismatches(conn) == {}
+            # Each hour of one user loses its latest event: it is recounted from the range.
+            struck = await conn.execute(
+                "DELETE FROM events WHERE event_key IN (SELECT DISTINCT ON"
+                " (date_trunc('hour', event_time)) event_key FROM events"
+                " WHERE user_id = $1 AND source = 'facebook'"
+                " ORDER BY date_trunc('hour', event_time), event_time DESC)",
+                pair[0],
+            )
+            assert struck == "DELETE 3"
+            assert await storage.demographic_mismatches(conn) == {}
+            await same_demographics(conn, rng)
+            # Another goes back to one event: it is read from the range's pointers.
+            gone = await conn.execute(
+                "DELETE FROM events WHERE user_id = $1 AND source = 'tiktok'"
+                " AND event_id <> (SELECT min(event_id) FROM events"
+                " WHERE user_id = $1 AND source = 'tiktok')",
+                pair[1],
+            )
+            assert gone == "DELETE 11"
+            assert await storage.demographic_mismatches(conn) == {}
             await same_demographics(conn, rng)
     finally:
         await pool.close()
