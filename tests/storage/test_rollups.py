@@ -581,6 +581,36 @@ async def test_repeat_users_stored_before_0017_keep_exact_demographics(database:
 
 
 @pytest.mark.integration
+async def test_an_hour_number_is_the_hour_a_struck_hour_names(database: str) -> None:
+    """A struck hour (`date_trunc` of the event's UTC time) finds its pointers by
+    `adfunnel_hour_number` (migration 0029): the two agree at every instant, a microsecond
+    either side of an hour's start included, before 1970 too."""
+    pool = await storage.create_pool(database, size=1)
+    try:
+        async with pool.acquire() as conn:
+            await storage.migrate(conn)
+            differing = await conn.fetchval(
+                "SELECT count(*) FROM generate_series($1::timestamptz, $2, interval '997 ms') s,"
+                " LATERAL (VALUES (s), (s - interval '1 microsecond'),"
+                "  (date_trunc('hour', s)), (date_trunc('hour', s) - interval '1 microsecond')) t"
+                " (moment) WHERE adfunnel_hour_number(moment) <> adfunnel_hour_number("
+                " date_trunc('hour', moment AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+                " OR adfunnel_hour_number(moment) <> floor(extract(epoch FROM moment) / 3600)",
+                datetime(1969, 12, 31, 20, tzinfo=UTC),
+                datetime(1970, 1, 1, 4, tzinfo=UTC),
+            )
+            assert differing == 0
+            numbers = await conn.fetch(
+                "SELECT adfunnel_hour_number(t) FROM unnest($1::timestamptz[]) t",
+                [BASE, BASE - timedelta(microseconds=1), BASE + timedelta(minutes=59)],
+            )
+            hour = int((BASE - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) // 3_600
+            assert [n[0] for n in numbers] == [hour, hour - 1, hour]
+    finally:
+        await pool.close()
+
+
+@pytest.mark.integration
 async def test_users_sharing_a_pointer_range_keep_their_own_events(database: str) -> None:
     """Pointers are keyed by the user id's hash (migration 0029), so two users whose ids
     share it, and a Facebook and a TikTok user with the same id, share ranges of pointers.
