@@ -379,7 +379,8 @@ def _follower_statement(filters: EventFilters, params: Params) -> str:
         # OFFSET above keeps this after the test for hour rows, never for a hot user; the
         # inner one keeps the index on the source out of it, which the planner would AND
         # with the user index, reading every TikTok event for each user.
-        " WHERE NOT EXISTS (SELECT 1 FROM (SELECT * FROM events l WHERE l.user_id = e.user_id"
+        " WHERE NOT EXISTS (SELECT 1 FROM (SELECT * FROM events l"
+        " WHERE hashtext(l.user_id) = hashtext(e.user_id) AND l.user_id = e.user_id"
         f" OFFSET 0) l WHERE l.source = 'tiktok' AND {later}"
         " AND (l.event_time, l.received_at, l.event_id)"
         " > (e.event_time, e.received_at, e.event_id) OFFSET 0)"
